@@ -1,0 +1,1 @@
+"""abft: Attention Behavior Fine-Tuning."""

@@ -1,0 +1,103 @@
+"""Run configuration: dataclasses whose field metadata drives the CLI flags and --help.
+
+Every field has a help text; `flag` overrides the flag name (default: --field-name); `negate` turns a
+True-by-default boolean into a --no-... switch. A config round-trips through JSON (config.json of a run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def opt(default, help: str, flag: str | None = None, choices=None, negate: str | None = None, nargs=None):
+    meta = {"help": help, "flag": flag, "choices": choices, "negate": negate, "nargs": nargs}
+    if isinstance(default, list | tuple):
+        return field(default_factory=lambda d=default: type(default)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    model: str = opt("smollm2-135m", "embedded alias (smollm2-135m, gemma3-270m), hub id, directory or .gguf file")
+    device: str | None = opt(None, "torch device (default: cuda if available, else cpu)")
+    dtype: str | None = opt(None, "fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on GPU)", choices=["fp32", "bf16", "fp16"])
+
+
+@dataclass
+class DataConfig:
+    dataset: str = opt("sst2", "StaICC dataset name or index (see `abft datasets`), or a CSV/JSONL/spec file")
+    k: int = opt(4, "demonstrations per prompt")
+    label_token_mode: str = opt(
+        "space", "space: label token is ' word' at demos and prediction (prompt ends 'label:'); "
+        "staicc: StaICC's exact text and scorer", choices=["space", "staicc"])
+    train_samples: int = opt(512, "training prompts (from the calibration split)")
+    test_samples: int = opt(1024, "test prompts (StaICC's protocol uses 1024: 512 queries x 2 demonstration sets)")
+
+
+@dataclass
+class TrainConfig:
+    method: str = opt("abft", "abft (attention loss, W_Q/W_K) or e2e (cross-entropy of the gold label)",
+                      choices=["abft", "e2e"])
+    lr: float = opt(2e-5, "Adam learning rate (constant)")
+    pseudo_batch_size: int = opt(32, "examples per optimiser step (gradient accumulation)")
+    micro_batch_size: int = opt(8, "examples per forward/backward pass (memory vs speed; does not change the step)")
+    epochs: int = opt(2, "passes over the training prompts")
+    reward: float = opt(1.0, "B: weight of (1 - attention) on correct-label tokens", flag="--correct-label-reward")
+    penalty: float = opt(0.5, "A_0: weight of attention on wrong-label tokens", flag="--wrong-label-penalty")
+    adaptive_penalty: str = opt("pid", "schedule of A from the induction-head count", choices=["none", "p", "pid"])
+    p_factor: float = opt(0.03, "factor of the P schedule")
+    pid: tuple = opt((0.03, 0.005, 0.005), "Cp Ci Cd of the PID schedule", nargs=3)
+    clamp_penalty: bool = opt(True, "keep A >= 0", negate="--no-clamp-penalty")
+    restricted_gradient: bool = opt(False, "update only the heads that are induction heads for each example")
+    head_filter: bool = opt(True, "apply the induction-head filter (off: every head gets the loss)",
+                            negate="--no-head-filter")
+    head_reduction: str = opt("sum", "combine induction heads' losses by sum (paper) or mean", choices=["sum", "mean"])
+    log_base: str = opt("e", "log base in the threshold k / (k + log n_t)", choices=["e", "2", "10"])
+    count_bos: bool = opt(True, "n_t counts a BOS token when the tokenizer adds one", negate="--no-count-bos")
+    train_bias: bool = opt(True, "also train q/k projection biases where the model has them", negate="--no-train-bias")
+    e2e_over: str = opt("vocab", "E2E cross-entropy over the whole vocabulary or only the label tokens",
+                        choices=["vocab", "labels"])
+
+
+@dataclass
+class EvalConfig:
+    fore_test: bool = opt(True, "evaluate before training", negate="--no-fore-test")
+    post_test: bool = opt(True, "evaluate after training", negate="--no-post-test")
+    eval_batch_size: int = opt(16, "prompts per scoring pass")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = opt(0, "seed of training-prompt sampling, shuffling and initialisation")
+    save: bool = opt(True, "save the trained W_Q/W_K tensors", negate="--no-save")
+    output: str | None = opt(None, "run directory (default: runs/<dataset>-<method>-<time>)")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls, d):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        value = d[f.name]
+        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
+            value = _from_dict(f.type, value)
+        elif isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+            value = _from_dict(f.default_factory, value)
+        elif isinstance(value, list) and f.metadata.get("nargs"):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,0 +1,74 @@
+"""The ABFT loss on last-token attention, its induction-head filter, and the E2E baseline loss.
+
+For example b, layer l, head h, with alpha = attention of the last token (B, L, H, T):
+    S = sum_{j in I} alpha_j                     I: the k demonstration label positions
+    induction head  iff  S > k / (k + log n_t)   n_t: prompt length in tokens
+    loss = A * sum_{I-} alpha_i + B * sum_{I+} (1 - alpha_i)     I+: labels equal to the gold label
+summed (default) or averaged over the example's induction heads; other heads contribute nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+LOG_BASES = {"e": math.e, "2": 2.0, "10": 10.0}
+
+
+@dataclass(frozen=True)
+class ABFTObjective:
+    head_reduction: Literal["sum", "mean"] = "sum"
+    log_base: Literal["e", "2", "10"] = "e"
+    head_filter: bool = True  # False: every head is treated as an induction head (ablation)
+
+    def threshold(self, k: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+        """T = k / (k + log n_t), per example."""
+        log_n = torch.log(n_tokens.double()) / math.log(LOG_BASES[self.log_base])
+        return (k.double() / (k.double() + log_n)).float()
+
+    def label_attention(self, probs: torch.Tensor, label_positions: torch.Tensor) -> torch.Tensor:
+        """(B, L, H, T) x (B, k) -> (B, L, H, k) attention on each demonstration label token."""
+        b, layers, heads, _ = probs.shape
+        index = label_positions[:, None, None, :].expand(b, layers, heads, label_positions.shape[1])
+        return probs.gather(-1, index)
+
+    def induction_heads(self, label_probs, valid, n_tokens) -> torch.Tensor:
+        """(B, L, H) bool: heads whose label attention mass passes the threshold."""
+        mass = (label_probs * valid[:, None, None, :]).sum(-1)
+        if not self.head_filter:
+            return torch.ones_like(mass, dtype=torch.bool)
+        k = valid.sum(-1)
+        return mass > self.threshold(k, n_tokens)[:, None, None]
+
+    def __call__(self, probs, label_positions, demo_labels, gold, n_tokens, penalty: float, reward: float):
+        """Per-example loss (B,) and the induction-head mask (B, L, H)."""
+        label_probs = self.label_attention(probs, label_positions.clamp(min=0))
+        valid = demo_labels >= 0
+        correct = valid & (demo_labels == gold[:, None])
+        wrong = valid & ~correct
+        heads = self.induction_heads(label_probs.detach(), valid, n_tokens)
+        per_head = penalty * (label_probs * wrong[:, None, None, :]).sum(-1) + reward * (
+            (1.0 - label_probs) * correct[:, None, None, :]
+        ).sum(-1)  # (B, L, H)
+        per_head = per_head * heads
+        loss = per_head.sum((1, 2))
+        if self.head_reduction == "mean":
+            loss = loss / heads.sum((1, 2)).clamp(min=1)
+        return loss, heads
+
+
+def e2e_loss(last_logits: torch.Tensor, gold: torch.Tensor, label_token_ids: torch.Tensor, over: str = "vocab"):
+    """Per-example cross-entropy of the gold label token at the last position.
+
+    over="vocab": softmax over the whole vocabulary (standard LM fine-tuning); over="labels": only over
+    the label tokens (a classifier head made of the label words).
+    """
+    target = label_token_ids[gold]
+    logits = last_logits.float()
+    if over == "labels":
+        return F.cross_entropy(logits[:, label_token_ids], gold, reduction="none")
+    return F.cross_entropy(logits, target, reduction="none")

@@ -1,0 +1,64 @@
+"""A run directory: config, metrics, logs and weights of one run, written atomically.
+
+status.json records running / finished / failed; a finished run is never overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
+        run = cls(Path(path))
+        state = run.state()
+        if state is not None and not overwrite:
+            raise UserError(f"{run.path} already holds a {state} run; pick another --output or pass --overwrite")
+        if run.path.exists() and state is None and any(run.path.iterdir()):
+            raise UserError(f"{run.path} exists and is not an abft run directory; pick another --output")
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+            for stale in ("train_log.jsonl", "metrics.json", "delta.safetensors", "heads.json"):
+                (run.path / stale).unlink(missing_ok=True)
+            run.set_state("running")
+        except OSError as exc:
+            raise UserError(f"cannot write to {run.path}: {exc.strerror}") from exc
+        return run
+
+    def state(self) -> str | None:
+        try:
+            return json.loads((self.path / "status.json").read_text())["state"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def set_state(self, state: str, **info) -> None:
+        self.write_json("status.json", {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+
+    def write_json(self, name: str, obj) -> None:
+        atomic_write(self.path / name, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+    def append_jsonl(self, name: str, record: dict) -> None:
+        with open(self.path / name, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def file(self, name: str) -> Path:
+        return self.path / name

@@ -1,0 +1,152 @@
+"""The training loop shared by ABFT and the E2E baseline.
+
+    log = train(model, prompts, TrainConfig(), pad_id=tok.pad_token_id, label_token_ids=ids, on_step=print)
+
+One optimiser step per pseudo-batch (gradient accumulation over micro-batches of similar length), Adam
+with a constant learning rate, prompts reshuffled every epoch by `seed`. Only W_Q / W_K are trained
+(see models.params). After each step the penalty controller sees the mean induction-head count.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention import capture_last_row, use_last_row_attention
+from .batching import collate
+from .config import TrainConfig
+from .control import PenaltyController
+from .errors import UserError
+from .models.params import find_qk_slices, head_gradient_mask, mark_trainable
+from .objectives import ABFTObjective, e2e_loss
+from .progress import progress_bar
+
+
+@dataclass
+class StepRecord:
+    step: int
+    epoch: int
+    loss: float
+    heads: float  # mean induction heads per example
+    penalty: float  # A used for this step
+    reward: float
+    lr: float
+    examples: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d.update(d.pop("extra"))
+        return d
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+def _decoder(model):
+    """The transformer without its LM head: ABFT needs no logits."""
+    return getattr(model, model.base_model_prefix, model)
+
+
+def _step_batches(n: int, cfg: TrainConfig, generator: torch.Generator):
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, cfg.pseudo_batch_size):
+            yield epoch, order[start : start + cfg.pseudo_batch_size]
+
+
+def train(
+    model,
+    prompts: Sequence,
+    cfg: TrainConfig,
+    pad_id: int,
+    label_token_ids: Sequence[int],
+    has_bos: bool = False,
+    seed: int = 0,
+    on_step: Callable[[StepRecord], None] | None = None,
+) -> list[StepRecord]:
+    """Train `model` in place on `prompts`; returns one record per optimiser step."""
+    if not prompts:
+        raise UserError("no training prompts: --train-samples must be at least 1")
+    device = next(model.parameters()).device
+    slices = find_qk_slices(model)
+    params = mark_trainable(model, slices, cfg.train_bias)
+    use_last_row_attention(model)
+    model.train()  # dropout is 0 in these configs; train() matters for modules that check it
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    controller = PenaltyController(
+        cfg.adaptive_penalty, cfg.penalty, cfg.reward, cfg.p_factor, tuple(cfg.pid), cfg.clamp_penalty
+    )
+    objective = ABFTObjective(cfg.head_reduction, cfg.log_base, cfg.head_filter)
+    label_ids = torch.tensor(list(label_token_ids), device=device)
+    generator = torch.Generator().manual_seed(seed)
+    micro = 1 if cfg.restricted_gradient else cfg.micro_batch_size
+    steps = cfg.epochs * math.ceil(len(prompts) / cfg.pseudo_batch_size)
+    records: list[StepRecord] = []
+    with progress_bar(f"training ({cfg.method})", total=steps) as advance:
+        for step, (epoch, chunk) in enumerate(_step_batches(len(prompts), cfg, generator), start=1):
+            start = time.perf_counter()
+            penalty = controller.penalty
+            chunk = sorted(chunk, key=lambda i: len(prompts[i].input_ids))
+            total_loss, total_heads, total_correct = 0.0, 0.0, 0
+            for m in range(0, len(chunk), micro):
+                batch = collate([prompts[i] for i in chunk[m : m + micro]], pad_id).to(device)
+                with capture_last_row(model) as cap:
+                    if cfg.method == "e2e":
+                        logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]
+                    else:
+                        _decoder(model)(**batch.model_inputs())
+                n_tokens = batch.lengths - (0 if cfg.count_bos or not has_bos else 1)
+                abft_loss, heads = objective(
+                    cap.probs, batch.label_positions, batch.demo_labels, batch.gold, n_tokens, penalty, cfg.reward
+                )
+                if cfg.method == "e2e":
+                    loss = e2e_loss(logits, batch.gold, label_ids, cfg.e2e_over)
+                    total_correct += int((logits[:, label_ids].argmax(-1) == batch.gold).sum())
+                else:
+                    loss = abft_loss
+                scaled = loss.sum() / len(chunk)
+                if cfg.restricted_gradient:
+                    _masked_backward(scaled, params, model, slices, heads[0])
+                elif scaled.requires_grad:
+                    scaled.backward()
+                total_loss += float(loss.detach().sum())
+                total_heads += float(heads.sum())
+            if not math.isfinite(total_loss):
+                raise TrainingDiverged(f"loss became {total_loss} at step {step}; lower --lr")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            record = StepRecord(
+                step, epoch, total_loss / len(chunk), total_heads / len(chunk), penalty, cfg.reward, cfg.lr,
+                len(chunk), time.perf_counter() - start,
+            )
+            if cfg.method == "e2e":
+                record.extra["train_accuracy"] = total_correct / len(chunk)
+            controller.update(record.heads)
+            records.append(record)
+            if on_step:
+                on_step(record)
+            advance(1, loss=record.loss, heads=record.heads, A=controller.penalty)
+    model.eval()
+    model.requires_grad_(False)
+    return records
+
+
+def _masked_backward(loss, params, model, slices, active: torch.Tensor) -> None:
+    """Accumulate this example's gradient only into the rows of its induction heads."""
+    if not loss.requires_grad:
+        return
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    masks = head_gradient_mask(slices, active, model)
+    for p, g in zip(params, grads, strict=True):
+        if g is None:
+            continue
+        g = g * masks[names[id(p)]] if names[id(p)] in masks else g
+        p.grad = g if p.grad is None else p.grad + g

@@ -1,8 +1,8 @@
 """The `abft` command: one small function per subcommand, flags generated from abft.config.
 
-    abft run --model smollm2-135m --dataset sst2        # accuracy before, ABFT training, accuracy after
-    abft evaluate --dataset trec --k 4                  # the StaICC test protocol only
-    abft datasets                                       # the bundled datasets
+abft run --model smollm2-135m --dataset sst2        # accuracy before, ABFT training, accuracy after
+abft evaluate --dataset trec --k 4                  # the StaICC test protocol only
+abft datasets                                       # the bundled datasets
 """
 
 from __future__ import annotations
@@ -33,15 +33,23 @@ def _add_fields(parser: argparse.ArgumentParser, cls, prefix: str, skip=()) -> N
         default = getattr(defaults, f.name) if defaults else f.default
         meta = f.metadata
         if meta.get("negate"):
-            group.add_argument(meta["negate"], dest=dest, action="store_false", default=default,
-                               help=f"turn off: {meta['help']}")
+            group.add_argument(
+                meta["negate"], dest=dest, action="store_false", default=default, help=f"turn off: {meta['help']}"
+            )
         elif f.type in ("bool", bool):
             group.add_argument(_flag(f), dest=dest, action="store_true", default=default, help=meta["help"])
         else:
             kind = type(default[0]) if meta.get("nargs") else (type(default) if default is not None else str)
-            group.add_argument(_flag(f), dest=dest, type=kind, default=default, choices=meta.get("choices"),
-                               nargs=meta.get("nargs"), metavar=None if meta.get("choices") else f.name.upper(),
-                               help=meta["help"] if default is None else f"{meta['help']} (default: {default})")
+            group.add_argument(
+                _flag(f),
+                dest=dest,
+                type=kind,
+                default=default,
+                choices=meta.get("choices"),
+                nargs=meta.get("nargs"),
+                metavar=None if meta.get("choices") else f.name.upper(),
+                help=meta["help"] if default is None else f"{meta['help']} (default: {default})",
+            )
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -86,16 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="accuracy before, ABFT (or E2E) training, accuracy after, saved weights",
-                         description="Run the paper's protocol on one dataset.")
+    run = sub.add_parser(
+        "run",
+        help="accuracy before, ABFT (or E2E) training, accuracy after, saved weights",
+        description="Run the paper's protocol on one dataset.",
+    )
     for name, cls in SECTIONS.items():
         _add_fields(run, cls, f"{name}.")
     _add_fields(run, RunConfig, "")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.set_defaults(func=cmd_run)
 
-    ev = sub.add_parser("evaluate", help="StaICC test protocol of an unchanged model",
-                        description="Evaluate in-context-learning accuracy (1024 StaICC test prompts).")
+    ev = sub.add_parser(
+        "evaluate",
+        help="StaICC test protocol of an unchanged model",
+        description="Evaluate in-context-learning accuracy (1024 StaICC test prompts).",
+    )
     _add_fields(ev, ModelConfig, "model.")
     _add_fields(ev, DataConfig, "data.", skip={"train_samples"})
     _add_fields(ev, EvalConfig, "eval.", skip={"fore_test", "post_test"})

@@ -23,7 +23,9 @@ def opt(default, help: str, flag: str | None = None, choices=None, negate: str |
 class ModelConfig:
     model: str = opt("smollm2-135m", "embedded alias (smollm2-135m, gemma3-270m), hub id, directory or .gguf file")
     device: str | None = opt(None, "torch device (default: cuda if available, else cpu)")
-    dtype: str | None = opt(None, "fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on GPU)", choices=["fp32", "bf16", "fp16"])
+    dtype: str | None = opt(
+        None, "fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on GPU)", choices=["fp32", "bf16", "fp16"]
+    )
 
 
 @dataclass
@@ -31,16 +33,20 @@ class DataConfig:
     dataset: str = opt("sst2", "StaICC dataset name or index (see `abft datasets`), or a CSV/JSONL/spec file")
     k: int = opt(4, "demonstrations per prompt")
     label_token_mode: str = opt(
-        "space", "space: label token is ' word' at demos and prediction (prompt ends 'label:'); "
-        "staicc: StaICC's exact text and scorer", choices=["space", "staicc"])
+        "space",
+        "space: label token is ' word' at demos and prediction (prompt ends 'label:'); "
+        "staicc: StaICC's exact text and scorer",
+        choices=["space", "staicc"],
+    )
     train_samples: int = opt(512, "training prompts (from the calibration split)")
     test_samples: int = opt(1024, "test prompts (StaICC's protocol uses 1024: 512 queries x 2 demonstration sets)")
 
 
 @dataclass
 class TrainConfig:
-    method: str = opt("abft", "abft (attention loss, W_Q/W_K) or e2e (cross-entropy of the gold label)",
-                      choices=["abft", "e2e"])
+    method: str = opt(
+        "abft", "abft (attention loss, W_Q/W_K) or e2e (cross-entropy of the gold label)", choices=["abft", "e2e"]
+    )
     lr: float = opt(2e-5, "Adam learning rate (constant)")
     pseudo_batch_size: int = opt(32, "examples per optimiser step (gradient accumulation)")
     micro_batch_size: int = opt(8, "examples per forward/backward pass (memory vs speed; does not change the step)")
@@ -52,14 +58,16 @@ class TrainConfig:
     pid: tuple = opt((0.03, 0.005, 0.005), "Cp Ci Cd of the PID schedule", nargs=3)
     clamp_penalty: bool = opt(True, "keep A >= 0", negate="--no-clamp-penalty")
     restricted_gradient: bool = opt(False, "update only the heads that are induction heads for each example")
-    head_filter: bool = opt(True, "apply the induction-head filter (off: every head gets the loss)",
-                            negate="--no-head-filter")
+    head_filter: bool = opt(
+        True, "apply the induction-head filter (off: every head gets the loss)", negate="--no-head-filter"
+    )
     head_reduction: str = opt("sum", "combine induction heads' losses by sum (paper) or mean", choices=["sum", "mean"])
     log_base: str = opt("e", "log base in the threshold k / (k + log n_t)", choices=["e", "2", "10"])
     count_bos: bool = opt(True, "n_t counts a BOS token when the tokenizer adds one", negate="--no-count-bos")
     train_bias: bool = opt(True, "also train q/k projection biases where the model has them", negate="--no-train-bias")
-    e2e_over: str = opt("vocab", "E2E cross-entropy over the whole vocabulary or only the label tokens",
-                        choices=["vocab", "labels"])
+    e2e_over: str = opt(
+        "vocab", "E2E cross-entropy over the whole vocabulary or only the label tokens", choices=["vocab", "labels"]
+    )
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Per-head statistics of last-token attention on demonstration label tokens (what ABFT's filter sees).
 
-    stats = head_statistics(model, prompts, pad_id)   # arrays (L, H)
+stats = head_statistics(model, prompts, pad_id)   # arrays (L, H)
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from .objectives import ABFTObjective
 
 
 @torch.no_grad()
-def head_statistics(model, prompts: Sequence, pad_id: int, objective: ABFTObjective | None = None,
-                    batch_size: int = 8) -> dict[str, np.ndarray]:
+def head_statistics(
+    model, prompts: Sequence, pad_id: int, objective: ABFTObjective | None = None, batch_size: int = 8
+) -> dict[str, np.ndarray]:
     """Mean label-attention mass, mass on correct labels, and induction-head rate per (layer, head)."""
     objective = objective or ABFTObjective()
     use_last_row_attention(model)

@@ -123,8 +123,15 @@ def train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             record = StepRecord(
-                step, epoch, total_loss / len(chunk), total_heads / len(chunk), penalty, cfg.reward, cfg.lr,
-                len(chunk), time.perf_counter() - start,
+                step,
+                epoch,
+                total_loss / len(chunk),
+                total_heads / len(chunk),
+                penalty,
+                cfg.reward,
+                cfg.lr,
+                len(chunk),
+                time.perf_counter() - start,
             )
             if cfg.method == "e2e":
                 record.extra["train_accuracy"] = total_correct / len(chunk)

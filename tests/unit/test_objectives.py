@@ -53,8 +53,9 @@ def test_loss_without_correct_label_is_penalty_only_and_gradient_signs():
     assert row.grad[0, 1] == pytest.approx(0.5) and row.grad[0, 0] == 0
     # with a correct label, its attention gets a negative gradient (the reward pulls it up)
     row2 = torch.tensor([[0.0, 0.3, 0.0, 0.3, 0.0, 0.2, 0.0, 0.2]], requires_grad=True)
-    loss2, _ = ABFTObjective()(row2[None, None], pos, torch.tensor([[1, 0, 2, 1]]), torch.tensor([1]),
-                               torch.tensor([8]), 0.5, 1.0)
+    loss2, _ = ABFTObjective()(
+        row2[None, None], pos, torch.tensor([[1, 0, 2, 1]]), torch.tensor([1]), torch.tensor([8]), 0.5, 1.0
+    )
     loss2.backward()
     assert row2.grad[0, 1] == pytest.approx(-1.0) and row2.grad[0, 3] == pytest.approx(0.5)
 
@@ -62,8 +63,9 @@ def test_loss_without_correct_label_is_penalty_only_and_gradient_signs():
 def test_padding_labels_are_ignored():
     probs = _probs([[0.0, 0.5, 0.0, 0.5]])
     # second example slot padded with label -1 (zero-shot or fewer demonstrations)
-    loss, heads = ABFTObjective(head_filter=False)(probs, torch.tensor([[1, 0]]), torch.tensor([[1, -1]]),
-                                                  torch.tensor([1]), torch.tensor([4]), 0.5, 1.0)
+    loss, heads = ABFTObjective(head_filter=False)(
+        probs, torch.tensor([[1, 0]]), torch.tensor([[1, -1]]), torch.tensor([1]), torch.tensor([4]), 0.5, 1.0
+    )
     assert float(loss) == pytest.approx(0.5)
 
 

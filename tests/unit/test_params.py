@@ -16,7 +16,11 @@ def _snapshot(model):
 def test_slices_llama_and_gpt2():
     llama = find_qk_slices(tiny_llama())
     assert [(s.layer, s.kind, s.num_heads, s.stop - s.start) for s in llama] == [
-        (0, "q", 4, 32), (0, "k", 2, 16), (1, "q", 4, 32), (1, "k", 2, 16)]
+        (0, "q", 4, 32),
+        (0, "k", 2, 16),
+        (1, "q", 4, 32),
+        (1, "k", 2, 16),
+    ]
     gpt2 = find_qk_slices(tiny_gpt2())
     assert {s.param for s in gpt2} == {"transformer.h.0.attn.c_attn.weight", "transformer.h.1.attn.c_attn.weight"}
     assert [(s.out_dim, s.start, s.stop) for s in gpt2[:2]] == [(1, 0, 32), (1, 32, 64)]
@@ -86,8 +90,13 @@ def test_restricted_gradient_training_leaves_never_active_heads_unchanged():
     # the default filter is strict on random tiny models: any head row that moved must have had gradient,
     # and with restricted gradients the total change is no more than with full gradients
     full = tiny_llama()
-    train(full, fake_prompts(4), TrainConfig(lr=1e-2, pseudo_batch_size=4, epochs=1), pad_id=0,
-          label_token_ids=LABEL_TOKENS)
+    train(
+        full,
+        fake_prompts(4),
+        TrainConfig(lr=1e-2, pseudo_batch_size=4, epochs=1),
+        pad_id=0,
+        label_token_ids=LABEL_TOKENS,
+    )
     name = "model.layers.0.self_attn.q_proj.weight"
     moved = (dict(model.named_parameters())[name].view(4, 8, -1) != before[name].view(4, 8, -1)).flatten(1).any(1)
     moved_full = (dict(full.named_parameters())[name].view(4, 8, -1) != before[name].view(4, 8, -1)).flatten(1).any(1)

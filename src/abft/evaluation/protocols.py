@@ -16,8 +16,9 @@ def recency_copy_rate(predictions: np.ndarray, prompts: Sequence) -> float:
     return float(np.mean(predictions == last))
 
 
-def evaluate_prompts(model, prompts: Sequence, label_token_ids, pad_id: int, num_classes: int, batch_size=16,
-                     description="evaluating") -> tuple[dict, np.ndarray]:
+def evaluate_prompts(
+    model, prompts: Sequence, label_token_ids, pad_id: int, num_classes: int, batch_size=16, description="evaluating"
+) -> tuple[dict, np.ndarray]:
     """Accuracy, macro-F1, true-label likelihood, ECE and the recency copy rate on `prompts`."""
     probs = score_prompts(model, prompts, label_token_ids, pad_id, batch_size, description)
     gold = np.array([p.gold for p in prompts])

@@ -1,6 +1,6 @@
 """Label scoring: one batched forward per group of prompts, logits only at the last position.
 
-    probs = score_prompts(model, prompts, label_token_ids, pad_id)   # (N, C), rows sum to 1
+probs = score_prompts(model, prompts, label_token_ids, pad_id)   # (N, C), rows sum to 1
 """
 
 from __future__ import annotations

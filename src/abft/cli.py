@@ -3,6 +3,7 @@
 abft run --model smollm2-135m --dataset sst2        # accuracy before, ABFT training, accuracy after
 abft evaluate --dataset trec --k 4                  # the StaICC test protocol only
 abft datasets                                       # the bundled datasets
+abft report RUN_DIR | heads | interpolate A B       # analyses: see abft.report.commands
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ def _config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(args) -> int:
-    from .runner import run
+    from .runner import resume, run
 
-    run(_config(args), train=True, overwrite=args.overwrite)
+    if args.resume:
+        resume(args.resume)
+    else:
+        run(_config(args), train=True, overwrite=args.overwrite)
     return 0
 
 
@@ -103,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_fields(run, cls, f"{name}.")
     _add_fields(run, RunConfig, "")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its own config is used)")
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser(
@@ -119,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("datasets", help="list the bundled StaICC datasets")
     ds.set_defaults(func=cmd_datasets)
+
+    from .report.commands import register  # report, heads, interpolate
+
+    register(sub)
     return parser
 
 

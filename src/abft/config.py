@@ -75,6 +75,21 @@ class EvalConfig:
     fore_test: bool = opt(True, "evaluate before training", negate="--no-fore-test")
     post_test: bool = opt(True, "evaluate after training", negate="--no-post-test")
     eval_batch_size: int = opt(16, "prompts per scoring pass")
+    test_type: tuple = opt(
+        ("normal",),
+        "tests before/after training, several allowed: normal (accuracy on the test prompts), template "
+        "(consistency over 9 templates, 100 queries), demo (consistency over 8 demonstration sets, 128 queries)",
+        choices=["normal", "template", "demo"],
+        nargs="+",
+    )
+    generalization_test: bool = opt(False, "also test on the 8 paper datasets: in-domain vs out-of-domain table")
+    unseen_label_test: bool = opt(
+        False, "accuracy when no demonstration carries the query's gold label, vs normal sampling and 0-shot"
+    )
+    bias_test: bool = opt(False, "contextual, domain and posterior bias, and label-noise (GLER) slopes")
+    calibration: bool = opt(
+        False, "contextual calibration baseline (Zhao et al. 2021): content-free queries in the same test prompts"
+    )
 
 
 @dataclass
@@ -86,6 +101,7 @@ class RunConfig:
     seed: int = opt(0, "seed of training-prompt sampling, shuffling and initialisation")
     save: bool = opt(True, "save the trained W_Q/W_K tensors", negate="--no-save")
     output: str | None = opt(None, "run directory (default: runs/<dataset>-<method>-<time>)")
+    checkpoint_every: int = opt(1, "optimiser steps between checkpoints (resume with `abft run --resume DIR`)")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

@@ -5,7 +5,7 @@ stats = head_statistics(model, prompts, pad_id)   # arrays (L, H)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,9 +17,17 @@ from .objectives import ABFTObjective
 
 @torch.no_grad()
 def head_statistics(
-    model, prompts: Sequence, pad_id: int, objective: ABFTObjective | None = None, batch_size: int = 8
+    model,
+    prompts: Sequence,
+    pad_id: int,
+    objective: ABFTObjective | None = None,
+    batch_size: int = 8,
+    extra: Callable | None = None,
 ) -> dict[str, np.ndarray]:
-    """Mean label-attention mass, mass on correct labels, and induction-head rate per (layer, head)."""
+    """Mean label-attention mass, mass on correct / wrong labels, and induction-head rate per (layer, head).
+
+    `extra(batch, label_probs)` may return more per-prompt (B, L, H) values to average (abft.report.discovery).
+    """
     objective = objective or ABFTObjective()
     use_last_row_attention(model)
     device = next(model.parameters()).device
@@ -35,8 +43,11 @@ def head_statistics(
         parts = {
             "label_mass": (label_probs * valid[:, None, None, :]).sum(-1),
             "correct_mass": (label_probs * correct[:, None, None, :]).sum(-1),
+            "wrong_mass": (label_probs * (valid & ~correct)[:, None, None, :]).sum(-1),
             "induction_rate": objective.induction_heads(label_probs, valid, batch.lengths).float(),
         }
+        if extra is not None:
+            parts.update(extra(batch, label_probs))
         for key, value in parts.items():
             sums[key] = sums.get(key, 0) + value.sum(0).double().cpu()
     return {key: (value / len(prompts)).numpy() for key, value in sums.items()}

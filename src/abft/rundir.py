@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -37,12 +38,32 @@ class RunDir:
             raise UserError(f"{run.path} exists and is not an abft run directory; pick another --output")
         try:
             run.path.mkdir(parents=True, exist_ok=True)
-            for stale in ("train_log.jsonl", "metrics.json", "delta.safetensors", "heads.json"):
+            stale_files = ("train_log.jsonl", "metrics.json", "delta.safetensors", "heads.json", "report.html")
+            for stale in stale_files + ("example_attention.json", "qk_shift.json", "timings.json"):
                 (run.path / stale).unlink(missing_ok=True)
+            shutil.rmtree(run.path / "checkpoint", ignore_errors=True)
             run.set_state("running")
         except OSError as exc:
             raise UserError(f"cannot write to {run.path}: {exc.strerror}") from exc
         return run
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> RunDir:
+        """An interrupted (running or failed) run, to resume; its files are kept."""
+        run = cls(Path(path))
+        state = run.state()
+        if state is None:
+            raise UserError(f"{run.path} is not an abft run directory; nothing to resume")
+        if state == "finished":
+            raise UserError(f"{run.path} already finished; start a new run with another --output")
+        run.set_state("running")
+        return run
+
+    def read_json(self, name: str, default=None):
+        try:
+            return json.loads((self.path / name).read_text())
+        except (OSError, ValueError):
+            return default
 
     def state(self) -> str | None:
         try:

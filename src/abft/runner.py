@@ -7,20 +7,24 @@ metrics = run(cfg, train=False)     # what `abft evaluate` does
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from .checkpoint import load_checkpoint
 from .config import RunConfig
 from .data import PromptBuilder, default_template, load_dataset, test_pairs, train_pairs
 from .errors import UserError
-from .evaluation import evaluate_prompts
+from .evaluation import evaluate_prompts, suites
 from .heads import head_statistics, heads_summary
 from .models import load_model
 from .models.params import find_qk_slices, save_delta
 from .objectives import ABFTObjective
-from .rundir import RunDir
+from .report.snapshot import RunSnapshot
+from .rundir import RunDir, atomic_write
 from .train import StepRecord
 from .train import train as train_model
 
@@ -47,7 +51,17 @@ def load_data(spec: str):
     return load_dataset(spec)
 
 
-def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print) -> dict:
+def resume(run_dir: str | Path, log=print) -> dict:
+    """Continue an interrupted `abft run` from its last checkpoint, with the configuration it was started with."""
+    config = RunDir(Path(run_dir)).read_json("config.json")
+    if config is None:
+        raise UserError(f"{run_dir} has no config.json; nothing to resume")
+    cfg = RunConfig.from_dict(config)
+    cfg.output = str(run_dir)
+    return run(cfg, train=config.get("command", "run") == "run", resume_run=True, log=log)
+
+
+def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, resume_run: bool = False) -> dict:
     """Run the protocol and write the run directory; returns metrics.json's content.
 
     Everything a user can get wrong (dataset, model, sizes, prompt length) is checked before the run
@@ -58,13 +72,22 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print) 
     t0 = time.perf_counter()
     job = _prepare(cfg, train)
     job.timings["load_seconds"] = round(time.perf_counter() - t0, 2)
-    out = RunDir.create(cfg.output or default_output(cfg, train), overwrite)
+    if resume_run:
+        out = RunDir.reopen(cfg.output)
+    else:
+        out = RunDir.create(cfg.output or default_output(cfg, train), overwrite)
     try:
         metrics = _run(cfg, job, out, log)
     except BaseException as exc:
         out.set_state("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     out.set_state("finished")
+    from .report.html import write_report  # matplotlib loads here only
+
+    try:
+        log(f"report: {write_report(out.path)}")
+    except Exception as exc:  # noqa: BLE001 - the results are saved; `abft report` can redo this
+        log(f"report: not written ({type(exc).__name__}: {exc}); retry with `abft report {out.path}`")
     return metrics
 
 
@@ -91,6 +114,7 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
         train_prompts = build_prompts(builder, dataset, pairs)
     for prompts in (test, train_prompts or []):
         _check_context(model, prompts)
+    suites.check_suites(model, tokenizer, dataset, cfg)  # --test-type template/demo, --bias-test, ...
     return _Job(dataset, model, tokenizer, builder, test, train_prompts, {})
 
 
@@ -120,7 +144,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     model, tokenizer, test, info = job.model, job.tokenizer, job.test, job.dataset.info
     pad = tokenizer.pad_token_id
     labels = job.builder.label_token_ids
-    metrics: dict = {
+    metrics: dict = out.read_json("metrics.json") or {
         "dataset": info.name,
         "model": cfg.model.model,
         "k": cfg.data.k,
@@ -131,35 +155,60 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
 
     def evaluate(stage: str) -> None:
         t = time.perf_counter()
-        result, _ = evaluate_prompts(
-            model, test, labels, pad, len(info.label_words), cfg.eval.eval_batch_size, f"{stage}-test {info.name}"
-        )
+        result: dict = {}
+        cache = suites.ScoreCache()  # this stage's scores, shared with the protocols below
+        if "normal" in cfg.eval.test_type:
+            result, probs = evaluate_prompts(
+                model, test, labels, pad, len(info.label_words), cfg.eval.eval_batch_size, f"{stage}-test {info.name}"
+            )
+            cache.add(test, labels, probs)
+            log(
+                f"{stage:>6}: accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
+                f"copies last label {result['copies_last_label']:.3f}  ({len(test)} prompts)"
+            )
         timings[f"{stage}_test_seconds"] = round(time.perf_counter() - t, 2)
         metrics[stage] = result
-        log(
-            f"{stage:>6}: accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
-            f"copies last label {result['copies_last_label']:.3f}  ({len(test)} prompts)"
+        result.update(
+            suites.run_suites(model, tokenizer, job.dataset, cfg, cache=cache, stage=stage, log=log, timings=timings)
         )
         out.write_json("metrics.json", metrics)
         out.write_json("timings.json", timings)
 
-    if cfg.eval.fore_test or not train:
+    if (cfg.eval.fore_test or not train) and "before" not in metrics:
         evaluate("before")
     if train:
         train_prompts = job.train
         objective = ABFTObjective(cfg.train.head_reduction, cfg.train.log_base, cfg.train.head_filter)
         sample = train_prompts[:HEAD_SAMPLE]
         heads_before = head_statistics(model, sample, pad, objective)
+        snapshot = RunSnapshot(model, test[0], pad, tokenizer, objective)  # for the report: base W_Q/W_K, attention
         t = time.perf_counter()
 
         def on_step(record: StepRecord) -> None:
             out.append_jsonl("train_log.jsonl", record.as_dict())
 
+        checkpoint = out.file("checkpoint")
+        previous = load_checkpoint(checkpoint)  # resuming: the log restarts from the checkpoint's steps
+        lines = [json.dumps(StepRecord(**r).as_dict()) + "\n" for r in (previous or {}).get("records", [])]
+        atomic_write(out.file("train_log.jsonl"), "".join(lines))
+
         has_bos = tokenizer.bos_token_id is not None and train_prompts[0].input_ids[0] == tokenizer.bos_token_id
-        train_model(model, train_prompts, cfg.train, pad, labels, has_bos=has_bos, seed=cfg.seed, on_step=on_step)
+        train_model(
+            model,
+            train_prompts,
+            cfg.train,
+            pad,
+            labels,
+            has_bos=has_bos,
+            seed=cfg.seed,
+            on_step=on_step,
+            checkpoint_dir=checkpoint,
+            checkpoint_every=cfg.checkpoint_every,
+        )
         timings["train_seconds"] = round(time.perf_counter() - t, 2)
         heads_after = head_statistics(model, sample, pad, objective)
         out.write_json("heads.json", {"before": heads_summary(heads_before), "after": heads_summary(heads_after)})
+        snapshot.write(model, out.path)  # example_attention.json, qk_shift.json
         if cfg.save:
             save_delta(
                 model,
@@ -169,8 +218,16 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
             )
         if cfg.eval.post_test:
             evaluate("after")
-    if "before" in metrics and "after" in metrics:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    if "accuracy" in metrics.get("before", {}) and "accuracy" in metrics.get("after", {}):
         metrics["accuracy_gain"] = metrics["after"]["accuracy"] - metrics["before"]["accuracy"]
+    if cfg.eval.generalization_test:
+        table = suites.generalization_table(
+            metrics.get("before", {}).get("generalization"), metrics.get("after", {}).get("generalization")
+        )
+        if table:
+            metrics["generalization"] = table
+            log(suites.format_generalization_table(table))
     timings["run_seconds"] = round(time.perf_counter() - t0, 2)
     out.write_json("metrics.json", metrics)
     out.write_json("timings.json", timings)
@@ -179,6 +236,6 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
 
 def _check_context(model, prompts) -> None:
     limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    longest = max(len(p.input_ids) for p in prompts)
+    longest = max((len(p.input_ids) for p in prompts), default=0)  # no training prompts in `evaluate`
     if limit and longest > limit:
         raise UserError(f"a prompt has {longest} tokens, more than the model's context of {limit}; lower --k")

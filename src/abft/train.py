@@ -13,11 +13,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from .attention import capture_last_row, use_last_row_attention
 from .batching import collate
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .control import PenaltyController
 from .errors import UserError
@@ -54,11 +56,14 @@ def _decoder(model):
     return getattr(model, model.base_model_prefix, model)
 
 
-def _step_batches(n: int, cfg: TrainConfig, generator: torch.Generator):
-    for epoch in range(cfg.epochs):
+def schedule(n: int, epochs: int, pseudo_batch_size: int, seed: int) -> list[tuple[int, list[int]]]:
+    """(epoch, prompt indices) of every optimiser step: a fresh permutation per epoch, from `seed` only."""
+    generator = torch.Generator().manual_seed(seed)
+    steps = []
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=generator).tolist()
-        for start in range(0, n, cfg.pseudo_batch_size):
-            yield epoch, order[start : start + cfg.pseudo_batch_size]
+        steps += [(epoch, order[i : i + pseudo_batch_size]) for i in range(0, n, pseudo_batch_size)]
+    return steps
 
 
 def train(
@@ -70,27 +75,44 @@ def train(
     has_bos: bool = False,
     seed: int = 0,
     on_step: Callable[[StepRecord], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 1,
 ) -> list[StepRecord]:
-    """Train `model` in place on `prompts`; returns one record per optimiser step."""
+    """Train `model` in place on `prompts`; returns one record per optimiser step.
+
+    With `checkpoint_dir`, state is saved every `checkpoint_every` steps and a saved state found there is
+    resumed from (the records before it are returned too, and `on_step` is not called for them again).
+    """
     if not prompts:
         raise UserError("no training prompts: --train-samples must be at least 1")
     device = next(model.parameters()).device
     slices = find_qk_slices(model)
     params = mark_trainable(model, slices, cfg.train_bias)
     use_last_row_attention(model)
-    model.train()  # dropout is 0 in these configs; train() matters for modules that check it
+    model.train()
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     controller = PenaltyController(
         cfg.adaptive_penalty, cfg.penalty, cfg.reward, cfg.p_factor, tuple(cfg.pid), cfg.clamp_penalty
     )
     objective = ABFTObjective(cfg.head_reduction, cfg.log_base, cfg.head_filter)
     label_ids = torch.tensor(list(label_token_ids), device=device)
-    generator = torch.Generator().manual_seed(seed)
     micro = 1 if cfg.restricted_gradient else cfg.micro_batch_size
-    steps = cfg.epochs * math.ceil(len(prompts) / cfg.pseudo_batch_size)
+    plan = schedule(len(prompts), cfg.epochs, cfg.pseudo_batch_size, seed)
     records: list[StepRecord] = []
-    with progress_bar(f"training ({cfg.method})", total=steps) as advance:
-        for step, (epoch, chunk) in enumerate(_step_batches(len(prompts), cfg, generator), start=1):
+    state = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if state is not None:
+        with torch.no_grad():
+            for p, value in zip(params, state["params"], strict=True):
+                p.copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        controller.load_state_dict(state["controller"])
+        torch.set_rng_state(state["rng"])
+        records = [StepRecord(**r) for r in state["records"]]
+    with progress_bar(f"training ({cfg.method})", total=len(plan)) as advance:
+        advance(len(records))
+        for step, (epoch, chunk) in enumerate(plan, start=1):
+            if step <= len(records):
+                continue
             start = time.perf_counter()
             penalty = controller.penalty
             chunk = sorted(chunk, key=lambda i: len(prompts[i].input_ids))
@@ -119,7 +141,9 @@ def train(
                 total_loss += float(loss.detach().sum())
                 total_heads += float(heads.sum())
             if not math.isfinite(total_loss):
-                raise TrainingDiverged(f"loss became {total_loss} at step {step}; lower --lr")
+                raise TrainingDiverged(
+                    f"loss became {total_loss} at step {step}; the last good checkpoint is kept; lower --lr"
+                )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             record = StepRecord(
@@ -137,6 +161,17 @@ def train(
                 record.extra["train_accuracy"] = total_correct / len(chunk)
             controller.update(record.heads)
             records.append(record)
+            if checkpoint_dir and (step % checkpoint_every == 0 or step == len(plan)):
+                save_checkpoint(
+                    checkpoint_dir,
+                    {
+                        "params": [p.detach().cpu() for p in params],
+                        "optimizer": optimizer.state_dict(),
+                        "controller": controller.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "records": [dict(r.__dict__) for r in records],
+                    },
+                )
             if on_step:
                 on_step(record)
             advance(1, loss=record.loss, heads=record.heads, A=controller.penalty)

@@ -21,8 +21,13 @@ def evaluate_prompts(
 ) -> tuple[dict, np.ndarray]:
     """Accuracy, macro-F1, true-label likelihood, ECE and the recency copy rate on `prompts`."""
     probs = score_prompts(model, prompts, label_token_ids, pad_id, batch_size, description)
+    return prompt_metrics(probs, prompts, num_classes), probs
+
+
+def prompt_metrics(probs: np.ndarray, prompts: Sequence, num_classes: int) -> dict:
+    """The metrics of `evaluate_prompts` from already scored (N, C) label distributions of `prompts`."""
     gold = np.array([p.gold for p in prompts])
     result = classification_metrics(probs, gold, num_classes)
     result["copies_last_label"] = recency_copy_rate(probs.argmax(-1), prompts)
     result["prompts"] = len(prompts)
-    return result, probs
+    return result

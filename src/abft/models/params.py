@@ -153,7 +153,8 @@ def save_delta(model: torch.nn.Module, slices: list[QKSlice], path: Path, meta: 
     """Write the trained W_Q/W_K values (not differences) to a safetensors file, atomically."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    metadata = {"format": "abft-qk", "meta": json.dumps(meta or {})}
+    # one metadata key: safetensors does not keep the order of several, and the file must be byte-stable
+    metadata = {"abft": json.dumps({"format": "abft-qk", **(meta or {})}, sort_keys=True)}
     save_file(trained_tensors(model, slices), str(tmp), metadata=metadata)
     tmp.replace(path)
 

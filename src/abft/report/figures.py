@@ -1,0 +1,376 @@
+"""PNG figures (matplotlib, no pyplot state) from the files of a run directory or an analysis.
+
+    figs = run_figures(run_dir)         # [Figure(name, title, caption, png bytes)], only those with inputs
+    png = heads_figure(heads["before"], heads["after"])
+
+Every figure has a fixed pixel size, SIZES[name] * DPI, independent of the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.ticker import MaxNLocator
+
+DPI = 100
+SIZES = {  # inches
+    "heads": (13.0, 11.0),
+    "example_attention": (14.0, 9.0),
+    "training": (9.0, 8.0),
+    "qk_shift": (10.0, 4.5),
+    "accuracy": (10.0, 5.0),
+    "label_heads": (13.0, 10.0),
+    "prefix_matching": (7.0, 6.0),
+    "interpolation": (13.0, 5.5),
+}
+
+RUN_FIGURES = frozenset({"accuracy", "heads", "example_attention", "training", "qk_shift"})  # run_figures' names
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    caption: str
+    png: bytes
+
+
+def pixel_size(name: str) -> tuple[int, int]:
+    w, h = SIZES[name]
+    return round(w * DPI), round(h * DPI)
+
+
+def _new(name: str) -> MplFigure:
+    return MplFigure(figsize=SIZES[name], dpi=DPI, layout="constrained")
+
+
+def _png(fig: MplFigure) -> bytes:
+    buf = BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # missing glyphs of unusual tokens
+        fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _text(s: str) -> str:
+    """A token with visible whitespace (draw it with parse_math=False: tokens may hold '$')."""
+    return s.replace("\n", "\\n").replace("\t", "\\t") or "''"
+
+
+def _heatmap(fig, ax, data, title: str, cmap: str = "viridis", vmin=None, vmax=None) -> None:
+    data = np.asarray(data, dtype=float)
+    image = ax.imshow(data, aspect="auto", origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(image, ax=ax, shrink=0.85)
+
+
+def _symmetric(*arrays) -> float:
+    return max(float(np.abs(np.asarray(a, dtype=float)).max()) for a in arrays) or 1e-9
+
+
+# ------------------------------------------------------------------------------------------- run figures
+def heads_figure(before: dict, after: dict) -> bytes:
+    """Rows: mass on correct labels, mass on wrong labels, induction-head rate; columns: before, after, change."""
+
+    def wrong(stats):
+        if "wrong_mass" in stats:
+            return np.asarray(stats["wrong_mass"], dtype=float)
+        return np.asarray(stats["label_mass"], dtype=float) - np.asarray(stats["correct_mass"], dtype=float)
+
+    rows = [
+        ("attention on correct labels", lambda s: np.asarray(s["correct_mass"], dtype=float), "Greens", None),
+        ("attention on wrong labels", wrong, "Reds", None),
+        ("induction-head rate (ABFT filter)", lambda s: np.asarray(s["induction_rate"], dtype=float), "Blues", 1.0),
+    ]
+    fig = _new("heads")
+    axes = fig.subplots(3, 3)
+    for r, (label, get, cmap, top) in enumerate(rows):
+        a, b = get(before), get(after)
+        top = top or max(float(a.max()), float(b.max()), 1e-9)
+        _heatmap(fig, axes[r, 0], a, f"{label}: before", cmap, 0, top)
+        _heatmap(fig, axes[r, 1], b, f"{label}: after", cmap, 0, top)
+        lim = _symmetric(b - a)
+        _heatmap(fig, axes[r, 2], b - a, f"{label}: after - before", "RdBu_r", -lim, lim)
+    fig.suptitle("Last-token attention on the demonstrations' label tokens, per (layer, head)")
+    return _png(fig)
+
+
+def example_attention_figure(example: dict, label_words=None) -> bytes:
+    """Layer x token maps of the last token's attention before/after, and the induction-head mean over tokens."""
+    prompt = example["prompt"]
+    tokens = [_text(t) for t in prompt["tokens"]]
+    before, after = example["before"], example["after"]
+    gold = prompt["gold"]
+    fig = _new("example_attention")
+    axes = fig.subplots(3, 1, height_ratios=[1, 1, 1.1])
+    top = max(float(np.max(before["layer_mean"])), float(np.max(after["layer_mean"])), 1e-9)
+    for ax, side, name in ((axes[0], before, "before"), (axes[1], after, "after")):
+        _heatmap(fig, ax, side["layer_mean"], f"{name}: mean over heads, per layer", "magma", 0, top)
+        ax.set_xlabel("")
+        ax.set_xticks([])
+    x = np.arange(len(tokens))
+    ax = axes[2]
+    for position, label in zip(prompt["label_positions"], prompt["demo_labels"], strict=True):
+        color = "tab:green" if label == gold else "tab:red"
+        ax.axvspan(position - 0.5, position + 0.5, color=color, alpha=0.25, linewidth=0)
+    induction = before["induction_heads"] > 0 and after["induction_heads"] > 0
+    key = "induction_mean" if induction or "all_mean" not in before else "all_mean"
+    for side, name, color in ((before, "before", "tab:gray"), (after, "after", "tab:blue")):
+        label = f"{name} ({side['induction_heads']} induction heads)"
+        ax.plot(x, side[key], color=color, marker=".", label=label)
+    ax.set_xlim(-0.5, len(tokens) - 0.5)
+    ax.set_ylabel("attention")
+    what = "the induction heads of this prompt" if key == "induction_mean" else "all heads and layers"
+    ax.set_title(
+        f"mean over {what}; label tokens shaded (green: gold label, red: other labels)",
+        fontsize=10,
+    )
+    ax.set_xticks(x)
+    ax.set_xticklabels(tokens, rotation=90, fontsize=max(4, min(8, 600 // max(len(tokens), 1))), parse_math=False)
+    for tick, position in zip(ax.get_xticklabels(), x, strict=True):
+        if position in prompt["label_positions"]:
+            tick.set_fontweight("bold")
+    ax.legend(loc="upper left", fontsize=8)
+    gold_name = label_words[gold] if label_words and 0 <= gold < len(label_words) else str(gold)
+    fig.suptitle(f"Last-token attention over one test prompt (gold label: {_text(gold_name)})", parse_math=False)
+    return _png(fig)
+
+
+def training_figure(log: list[dict]) -> bytes:
+    """Induction heads per example, the penalty A (and reward B), and the loss per optimiser step."""
+    steps = [r["step"] for r in log]
+    fig = _new("training")
+    axes = fig.subplots(3, 1, sharex=True)
+    axes[0].plot(steps, [r["heads"] for r in log], marker="o", color="tab:blue")
+    axes[0].set_ylabel("induction heads / example")
+    axes[1].plot(steps, [r["penalty"] for r in log], marker="o", color="tab:red", label="A (wrong-label penalty)")
+    axes[1].plot(steps, [r["reward"] for r in log], linestyle="--", color="tab:green", label="B (reward)")
+    axes[1].set_ylabel("A, B")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(steps, [r["loss"] for r in log], marker="o", color="black", label="loss")
+    if all("train_accuracy" in r for r in log):
+        twin = axes[2].twinx()
+        twin.plot(steps, [r["train_accuracy"] for r in log], color="tab:purple", alpha=0.6)
+        twin.set_ylabel("train accuracy", color="tab:purple")
+    axes[2].set_ylabel("loss")
+    axes[2].set_xlabel("optimiser step")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle("Training: induction-head count, penalty schedule, loss")
+    return _png(fig)
+
+
+def qk_shift_figure(shift: dict) -> bytes:
+    layers = np.asarray(shift["layers"])
+    fig = _new("qk_shift")
+    ax = fig.subplots()
+    width = 0.4
+    ax.bar(layers - width / 2, shift["q"], width, label="||ΔW_Q||_F", color="tab:blue")
+    ax.bar(layers + width / 2, shift["k"], width, label="||ΔW_K||_F", color="tab:orange")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("Frobenius norm of the change")
+    ax.set_xticks(layers)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Per-layer change of the query and key projections (trained - base)")
+    return _png(fig)
+
+
+SCORE_WORDS = ("accuracy", "f1", "consistency", "likelihood")
+
+
+def flatten(obj, prefix: str = "") -> dict:
+    """Nested dicts -> {"a.b.c": leaf}; lists stay leaves."""
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def score_pairs(metrics: dict) -> list[tuple[str, float | None, float | None]]:
+    """(metric, before, after) for every score-like metric (accuracy, F1, consistency, likelihood)."""
+    before, after = flatten(metrics.get("before", {})), flatten(metrics.get("after", {}))
+    keys = list(before) + [k for k in after if k not in before]
+    out = []
+    for key in keys:
+        last = key.rsplit(".", 1)[-1]
+        if not any(word in last for word in SCORE_WORDS):
+            continue
+        b, a = before.get(key), after.get(key)
+        if _number(b) or _number(a):
+            out.append((key, b if _number(b) else None, a if _number(a) else None))
+    return out
+
+
+def accuracy_figure(metrics: dict) -> bytes | None:
+    pairs = score_pairs(metrics)
+    if not pairs:
+        return None
+    fig = _new("accuracy")
+    ax = fig.subplots()
+    x = np.arange(len(pairs))
+    width = 0.4
+    before = [b if b is not None else np.nan for _, b, _ in pairs]
+    after = [a if a is not None else np.nan for _, _, a in pairs]
+    bars_b = ax.bar(x - width / 2, before, width, label="before", color="tab:gray")
+    bars_a = ax.bar(x + width / 2, after, width, label="after", color="tab:blue")
+    for bars in (bars_b, bars_a):
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+    ax.set_xticks(x)
+    rotation = 30 if len(pairs) > 4 else 0
+    ax.set_xticklabels([k for k, _, _ in pairs], rotation=rotation, ha="right" if rotation else "center", fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{metrics.get('dataset', '')}: scores before and after training", parse_math=False)
+    return _png(fig)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_log(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crash
+    return out
+
+
+def run_figures(run_dir: str | Path) -> list[Figure]:
+    """Every figure whose input files exist in `run_dir`, in report order."""
+    from .snapshot import EXAMPLE_FILE, SHIFT_FILE
+
+    run = Path(run_dir)
+    metrics = _read_json(run / "metrics.json") or {}
+    heads = _read_json(run / "heads.json") or {}
+    example = _read_json(run / EXAMPLE_FILE)
+    shift = _read_json(run / SHIFT_FILE)
+    log = read_log(run / "train_log.jsonl")
+    out: list[Figure] = []
+    png = accuracy_figure(metrics)
+    if png:
+        out.append(Figure("accuracy", "Scores before and after", "From metrics.json (every score-like metric).", png))
+    if "before" in heads and "after" in heads:
+        out.append(
+            Figure(
+                "heads",
+                "Label attention per head",
+                "Last-token attention mass on the gold label's and the other labels' demonstration tokens, and "
+                "the fraction of prompts on which each head passes ABFT's induction-head filter (heads.json).",
+                heads_figure(heads["before"], heads["after"]),
+            )
+        )
+    if example:
+        caption = "The first test prompt (example_attention.json)."
+        png = example_attention_figure(example, metrics.get("label_words"))
+        out.append(Figure("example_attention", "Attention over one prompt", caption, png))
+    if log:
+        caption = "Per optimiser step from train_log.jsonl: mean induction heads per example, A and B, loss."
+        out.append(Figure("training", "Training dynamics", caption, training_figure(log)))
+    if shift:
+        caption = "Frobenius norm of the change of each layer's W_Q and W_K (qk_shift.json)."
+        out.append(Figure("qk_shift", "Weight change per layer", caption, qk_shift_figure(shift)))
+    return out
+
+
+# --------------------------------------------------------------------------------------- analysis figures
+def label_heads_figure(result: dict) -> bytes:
+    """`abft heads`: label-attention magnitude, correctness and the two filters' rates per (layer, head)."""
+    abft, circuit = result["abft_filter"], result["circuit_filter"]
+    fig = _new("label_heads")
+    axes = fig.subplots(2, 2)
+    _heatmap(fig, axes[0, 0], abft["label_mass"], "label-attention magnitude (sum over label tokens)", "viridis", 0)
+    correctness = circuit["correctness"]
+    lim = _symmetric(correctness)
+    _heatmap(fig, axes[0, 1], correctness, "correctness (correct - wrong label mass)", "RdBu_r", -lim, lim)
+    thr = f"k/(k + log n_t), min rate {abft['min_rate']}"
+    _heatmap(fig, axes[1, 0], abft["induction_rate"], f"ABFT filter rate ({thr})", "Blues", 0, 1)
+    loose = f"{circuit['factor']:g}/n_t"
+    _heatmap(fig, axes[1, 1], circuit["rate"], f"circuit threshold rate (magnitude > {loose})", "Blues", 0, 1)
+    fig.suptitle(f"{result.get('model', '')} on {result.get('dataset', '')}: label-attention heads", parse_math=False)
+    return _png(fig)
+
+
+def prefix_matching_figure(result: dict) -> bytes:
+    pm = result["prefix_matching"]
+    fig = _new("prefix_matching")
+    ax = fig.subplots()
+    _heatmap(fig, ax, pm["score"], f"prefix-matching score ({pm['sequences']} x 2 x {pm['length']} tokens)", "Purples")
+    ax.set_title(
+        f"{result.get('model', '')}: induction score on repeated random tokens\n"
+        f"(attention to the token after the first occurrence; heads > {pm['threshold']} listed)",
+        fontsize=10,
+        parse_math=False,
+    )
+    return _png(fig)
+
+
+def interpolation_figure(result: dict) -> bytes:
+    coords = np.asarray(result["coords"], dtype=float)
+    a_name, b_name = result["runs"]["a"]["label"], result["runs"]["b"]["label"]
+    fig = _new("interpolation")
+    axes = fig.subplots(1, 2)
+    for ax, key, cmap, title in (
+        (axes[0], "accuracy", "viridis", "accuracy"),
+        (axes[1], "nll", "magma_r", "mean gold-label NLL (label-normalised)"),
+    ):
+        z = np.asarray(result[key], dtype=float).T  # rows: b, columns: a
+        low, high = float(z.min()), float(z.max())
+        levels = np.linspace(low, high, 13) if high > low else np.array([low - 1e-6, low + 1e-6])
+        contour = ax.contourf(coords, coords, z, levels=levels, cmap=cmap)
+        if high > low:
+            ax.contour(coords, coords, z, levels=levels, colors="k", linewidths=0.3)
+        fig.colorbar(contour, ax=ax)
+        mid = (coords[0] + coords[-1]) / 2
+        margin = 0.04 * (coords[-1] - coords[0])
+        ax.set_xlim(coords[0] - margin, coords[-1] + margin)
+        ax.set_ylim(coords[0] - margin, coords[-1] + margin)
+        for (x, y), name in (((0, 0), "θ0"), ((1, 0), a_name), ((0, 1), b_name)):
+            ax.plot(x, y, "o", color="white", markeredgecolor="black")
+            right, up = x <= mid, y <= mid  # write toward the middle of the plot
+            ax.annotate(
+                name,
+                (x, y),
+                textcoords="offset points",
+                xytext=(6 if right else -6, 6 if up else -14),
+                ha="left" if right else "right",
+                fontsize=9,
+                parse_math=False,
+                bbox={"boxstyle": "round", "fc": "white", "alpha": 0.7},
+            )
+        ax.set_xlabel(f"a  (θ0 + a·Δ {a_name})", parse_math=False)
+        ax.set_ylabel(f"b  (+ b·Δ {b_name})", parse_math=False)
+        ax.set_title(title, fontsize=10)
+    title = f"Linear mode connectivity, {result.get('dataset', '')}, {result.get('prompts', '')} test prompts"
+    fig.suptitle(title, parse_math=False)
+    return _png(fig)

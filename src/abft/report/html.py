@@ -1,0 +1,163 @@
+"""One self-contained report.html per run directory: figures embedded as base64 PNGs, metrics.json tables,
+induction heads, timings and the config. No external resources, opens from the file system.
+
+    path = write_report("runs/sst2-abft-...")     # also writes figures/<name>.png next to it
+
+A small inline script marks each image with its decoded size (data-rendered="WxH") once the page has
+loaded; the headless-browser test reads it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from ..errors import UserError
+from ..rundir import atomic_write
+from .figures import RUN_FIGURES, Figure, _number, _read_json, flatten, run_figures
+
+REPORT_FILE = "report.html"
+FIGURES_DIR = "figures"
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; }
+.up { color: #1a7f37; } .down { color: #c62828; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figcaption { color: #555; font-size: 0.9em; }
+.meta { color: #555; }
+"""
+
+_SCRIPT = """
+window.addEventListener("load", function () {
+  for (const img of document.images) {
+    img.setAttribute("data-rendered", img.naturalWidth + "x" + img.naturalHeight);
+  }
+  document.body.setAttribute("data-loaded", "1");
+});
+"""
+
+
+def fmt(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt(v) for v in value)
+    return str(value)
+
+
+def _cell(value) -> str:
+    cls = ' class="num"' if _number(value) else ""
+    return f"<td{cls}>{html.escape(fmt(value))}</td>"
+
+
+def table(table_id: str, header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+
+
+def metrics_tables(metrics: dict) -> str:
+    """before/after/change for every metric of metrics.json's before and after; every other entry below."""
+    parts = []
+    before, after = flatten(metrics.get("before", {})), flatten(metrics.get("after", {}))
+    if before or after:
+        keys = list(before) + [k for k in after if k not in before]
+        rows = []
+        for key in keys:
+            b, a = before.get(key, ""), after.get(key, "")
+            change = a - b if _number(a) and _number(b) else ""
+            rows.append([key, b, a, change])
+        parts.append(table("metrics", ["metric", "before", "after", "after - before"], rows))
+    other = flatten({k: v for k, v in metrics.items() if k not in ("before", "after")})
+    if other:
+        parts.append(table("metrics-other", ["entry", "value"], [[k, v] for k, v in other.items()]))
+    return "\n".join(parts)
+
+
+def heads_table(heads: dict) -> str:
+    rows = []
+    for side in ("before", "after"):
+        if side in heads:
+            s = heads[side]
+            listing = "; ".join(
+                f"L{layer}: {', '.join(map(str, h))}" for layer, h in s.get("induction_heads", {}).items()
+            )
+            rows.append([side, s.get("mean_heads_per_prompt", ""), s.get("min_rate", ""), listing or "none"])
+    return table("heads", ["", "induction heads / prompt", "min rate", "heads passing on >= min rate of prompts"], rows)
+
+
+def _figure_html(fig: Figure) -> str:
+    data = base64.b64encode(fig.png).decode("ascii")
+    return (
+        f'<figure id="fig-{fig.name}">\n<img alt="{html.escape(fig.title)}" src="data:image/png;base64,{data}">\n'
+        f"<figcaption><b>{html.escape(fig.title)}.</b> {html.escape(fig.caption)}</figcaption>\n</figure>"
+    )
+
+
+def render_report(run_dir: str | Path, figures: list[Figure]) -> str:
+    run = Path(run_dir)
+    config = _read_json(run / "config.json") or {}
+    metrics = _read_json(run / "metrics.json") or {}
+    heads = _read_json(run / "heads.json") or {}
+    timings = _read_json(run / "timings.json") or {}
+    status = _read_json(run / "status.json") or {}
+    method = config.get("train", {}).get("method", "") if config.get("command") == "run" else "evaluation"
+    title = f"abft {method}: {metrics.get('dataset', config.get('data', {}).get('dataset', ''))}"
+    summary = [
+        ["run directory", str(run.resolve())],
+        ["state", status.get("state", "unknown")],
+        ["model", config.get("model", {}).get("model", "")],
+        ["dataset", metrics.get("dataset", config.get("data", {}).get("dataset", ""))],
+        ["method", method],
+        ["k", config.get("data", {}).get("k", "")],
+    ]
+    for side in ("before", "after"):
+        if _number(metrics.get(side, {}).get("accuracy")):
+            summary.append([f"accuracy {side}", metrics[side]["accuracy"]])
+    body = [f"<h1>{html.escape(title)}</h1>", table("summary", ["", ""], summary)]
+    if status.get("error"):
+        body.append(f'<p class="down">error: {html.escape(str(status["error"]))}</p>')
+    body.append("<h2>Metrics</h2>")
+    body.append(metrics_tables(metrics) or "<p>no metrics.json</p>")
+    if heads:
+        body += ["<h2>Induction heads</h2>", heads_table(heads)]
+    body.append("<h2>Figures</h2>")
+    body += [_figure_html(f) for f in figures] or ["<p>no figures (no inputs in this run directory)</p>"]
+    if timings:
+        body += ["<h2>Timings</h2>", table("timings", ["phase", "seconds"], [[k, v] for k, v in timings.items()])]
+    body.append("<h2>Configuration</h2>")
+    body.append(table("config", ["option", "value"], [[k, v] for k, v in flatten(config).items()]))
+    body.append(f'<p class="meta">abft report of {html.escape(str(run.name))}; config.json:</p>')
+    body.append(f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n<script>{_SCRIPT}</script>\n</head>\n"
+        "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write report.html and figures/*.png into `run_dir`; returns the report's path."""
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise UserError(f"{run} is not an abft run directory (no config.json)")
+    figures = run_figures(run)
+    (run / FIGURES_DIR).mkdir(exist_ok=True)
+    for name in RUN_FIGURES - {fig.name for fig in figures}:
+        (run / FIGURES_DIR / f"{name}.png").unlink(missing_ok=True)  # stale from an earlier report
+    for fig in figures:
+        atomic_write(run / FIGURES_DIR / f"{fig.name}.png", fig.png)
+    path = run / REPORT_FILE
+    atomic_write(path, render_report(run, figures))
+    return path

@@ -1,0 +1,113 @@
+"""What the report needs from the model itself, taken while `abft run` has the model at hand.
+
+    snap = RunSnapshot(model, prompt, pad_id, tokenizer)   # before training: base W_Q/W_K, attention on `prompt`
+    ...train...
+    snap.write(model, run_dir)                            # example_attention.json and qk_shift.json
+
+Cost: one forward of one prompt before and one after training, and a CPU copy of the W_Q/W_K tensors.
+`abft report --with-model` recomputes both files from the base model and delta.safetensors instead.
+
+example_attention.json: the last token's attention over the prompt's tokens (mean over heads per layer, and
+the mean over the heads that pass ABFT's induction-head filter on this prompt), before and after.
+qk_shift.json: per layer ||W_Q - W_Q0||_F and ||W_K - W_K0||_F (weights only, not biases), absolute and
+relative to ||W0||_F.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..attention import capture_last_row, use_last_row_attention
+from ..batching import collate
+from ..models.params import QKSlice, find_qk_slices, trained_tensors
+from ..objectives import ABFTObjective
+from ..rundir import RunDir
+
+EXAMPLE_FILE = "example_attention.json"
+SHIFT_FILE = "qk_shift.json"
+
+
+def _round(tensor: torch.Tensor, digits: int = 6) -> list:
+    return torch.round(tensor.double(), decimals=digits).tolist()
+
+
+@torch.no_grad()
+def example_attention(model, prompt, pad_id: int, objective: ABFTObjective | None = None) -> dict:
+    """Last-token attention of every layer on one prompt: (L, T) head means and the induction-head mean (T,)."""
+    objective = objective or ABFTObjective()
+    use_last_row_attention(model)
+    device = next(model.parameters()).device
+    batch = collate([prompt], pad_id).to(device)
+    decoder = getattr(model, model.base_model_prefix, model)
+    with capture_last_row(model) as cap:
+        decoder(**batch.model_inputs())
+    probs = cap.probs  # (1, L, H, T)
+    label_probs = objective.label_attention(probs, batch.label_positions.clamp(min=0))  # (1, L, H, k)
+    valid = batch.demo_labels >= 0
+    heads = objective.induction_heads(label_probs, valid, batch.lengths)[0]  # (L, H)
+    rows = probs[0]  # (L, H, T)
+    induction = rows[heads].mean(0) if bool(heads.any()) else torch.zeros(rows.shape[-1])
+    return {
+        "layer_mean": _round(rows.mean(1)),  # (L, T)
+        "induction_mean": _round(induction),  # (T,) zeros when no head passes
+        "all_mean": _round(rows.mean((0, 1))),  # (T,) mean over every layer and head
+        "induction_heads": int(heads.sum()),
+        "label_mass_per_layer": _round((label_probs[0] * valid[0]).sum(-1).mean(-1)),  # (L,)
+    }
+
+
+def qk_shift(base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], slices: Sequence[QKSlice]) -> dict:
+    """Per-layer Frobenius norms of the change of W_Q and W_K (keys as in models.params.trained_tensors)."""
+    layers = sorted({s.layer for s in slices})
+    row = {layer: i for i, layer in enumerate(layers)}
+    out = {key: [0.0] * len(layers) for key in ("q", "k", "q_relative", "k_relative")}
+    for s in slices:
+        key = f"{s.param}@{s.kind}"
+        w0 = base[key].double()
+        delta = float((trained[key].double() - w0).norm())
+        norm = float(w0.norm())
+        out[s.kind][row[s.layer]] = round(delta, 8)
+        out[f"{s.kind}_relative"][row[s.layer]] = round(delta / norm, 8) if norm > 0 else 0.0
+    return {"layers": layers, **out}
+
+
+def _token_strings(tokenizer, ids: Sequence[int]) -> list[str]:
+    if tokenizer is None:
+        return [str(i) for i in ids]
+    return [tokenizer.decode([i]) for i in ids]
+
+
+class RunSnapshot:
+    """Base W_Q/W_K values and the example's attention before training; `write` adds the after side."""
+
+    def __init__(self, model, prompt, pad_id: int, tokenizer=None, objective: ABFTObjective | None = None):
+        self.objective = objective or ABFTObjective()
+        self.pad_id = pad_id
+        self.prompt = prompt
+        self.tokens = _token_strings(tokenizer, prompt.input_ids)
+        self.slices = find_qk_slices(model)
+        # clone: on CPU trained_tensors returns views of the parameters, which training changes in place
+        self.base = {key: value.clone() for key, value in trained_tensors(model, self.slices).items()}
+        self.before = example_attention(model, prompt, pad_id, self.objective)
+
+    def write(self, model, run_dir: str | Path) -> None:
+        out = RunDir(Path(run_dir))
+        p = self.prompt
+        out.write_json(
+            EXAMPLE_FILE,
+            {
+                "prompt": {
+                    "tokens": self.tokens,
+                    "label_positions": list(p.label_positions),
+                    "demo_labels": list(p.demo_labels),
+                    "gold": int(p.gold),
+                    "text": getattr(p, "text", ""),
+                },
+                "before": self.before,
+                "after": example_attention(model, p, self.pad_id, self.objective),
+            },
+        )
+        out.write_json(SHIFT_FILE, qk_shift(self.base, trained_tensors(model, self.slices), self.slices))

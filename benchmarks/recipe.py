@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from abft.config import TrainConfig
-from abft.heads import head_statistics
 from abft.data import PromptBuilder, default_template, load_dataset, train_pairs
 from abft.evaluation import evaluate_prompts
+from abft.heads import head_statistics
 from abft.models import load_model
 from abft.runner import build_prompts
 from abft.train import train
@@ -72,8 +72,11 @@ def main() -> None:
     seconds = time.time() - t
     after, _ = evaluate_prompts(model, val, builder.label_token_ids, tok.pad_token_id, c)
     ha = head_statistics(model, val[:64], tok.pad_token_id)
-    mass = {f"{k}_{tag}": round(float(h[k].sum()), 2) for tag, h in (("before", hb), ("after", ha))
-            for k in ("label_mass", "correct_mass", "induction_rate")}
+    mass = {
+        f"{k}_{tag}": round(float(h[k].sum()), 2)
+        for tag, h in (("before", hb), ("after", ha))
+        for k in ("label_mass", "correct_mass", "induction_rate")
+    }
     heads = [round(r.heads, 1) for r in log]
     print(
         json.dumps(
@@ -85,7 +88,8 @@ def main() -> None:
                 "copy_before": round(before["copies_last_label"], 3),
                 "copy_after": round(after["copies_last_label"], 3),
                 "heads": heads[:: max(1, len(heads) // 8)],
-                "A_last": round(log[-1].penalty, 3), **mass,
+                "A_last": round(log[-1].penalty, 3),
+                **mass,
                 "train_s": round(seconds, 1),
                 "s_per_example": round(seconds / (len(tr) * cfg.epochs), 3),
             }

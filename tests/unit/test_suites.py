@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import math
-import random
 import sys
 import warnings
 from collections import Counter
@@ -24,17 +23,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_llama
 from tiny_tokenizer import word_tokenizer
+from toy_dataset import C3, toy
 
 from abft import runner
 from abft.cli import main
 from abft.config import RunConfig
-from abft.data import PAPER_DATASETS, Dataset, DatasetInfo, demonstration_sets, load_dataset, test_pairs
+from abft.data import PAPER_DATASETS, demonstration_sets, load_dataset, test_pairs
 from abft.errors import UserError
 from abft.evaluation import suites
 from abft.evaluation.metrics import classification_metrics
 from abft.evaluation.variants import demo_consistency_pairs, unseen_label_pairs
-
-C3 = ("negative", "neutral", "positive")
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +47,6 @@ def make_cfg(k=4, n=8, mode="space", **ev) -> RunConfig:
     for key, value in ev.items():
         setattr(cfg.eval, key, value)
     return cfg
-
-
-def toy(name="toy", words=C3, demo_label=None, test_label=None, n_cal=8, n_demo=60, n_test=140, seed=0) -> Dataset:
-    """Rows of 2-5 words w0..w19; labels random unless demo_label / test_label (index -> label) are given."""
-    rng = random.Random(seed)
-    c = len(words)
-
-    def text():
-        return " ".join(f"w{rng.randrange(20)}" for _ in range(rng.randint(2, 5)))
-
-    rows = [(text(), rng.randrange(c)) for _ in range(n_cal)]
-    rows += [(text(), demo_label(i) if demo_label else rng.randrange(c)) for i in range(n_demo)]
-    rows += [(text(), test_label(i) if test_label else rng.randrange(c)) for i in range(n_test)]
-    info = DatasetInfo(-1, name, name, "sentence: ", "sentiment: ", tuple(words), (n_cal, n_demo, n_test))
-    cal = list(range(n_cal))
-    demo = list(range(n_cal, n_cal + n_demo))
-    return Dataset(info, rows, cal, demo, list(range(n_cal + n_demo, len(rows))))
 
 
 def query_of(prompt) -> str:
@@ -423,6 +404,7 @@ def tiny_run(monkeypatch, tok):
     monkeypatch.setattr(runner, "load_model", lambda *a, **k: (model, tok))
     monkeypatch.setattr(runner, "load_data", lambda spec: ds)
     monkeypatch.setenv("ABFT_NO_PROGRESS", "1")
+    monkeypatch.setattr("abft.report.html.write_report", lambda path: Path(path) / "report.html")  # matplotlib: slow
     return ["--k", "1", "--test-samples", "4", "--eval-batch-size", "4"]
 
 

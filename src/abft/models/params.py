@@ -4,6 +4,10 @@
     params = mark_trainable(model, slices)  # requires_grad on those tensors only; V slices of fused
                                             # projections (GPT-2's c_attn) get a zero-gradient mask
     save_delta(model, slices, path); load_delta(model, path)
+    save_trained(model, run_dir, meta)      # delta.safetensors, or adapter/ when the model carries LoRA
+
+With LoRA (models.lora) the slices still name the base W_Q/W_K; mark_trainable then trains the adapters'
+lora_A / lora_B instead, and trained_tensors reports the effective weights (base + LoRA update).
 
 A slice names a parameter and the range of output features that belong to Q or K, so separate
 projections (q_proj / k_proj) and fused ones (GPT-2's c_attn, Q|K|V along its output axis) share one
@@ -22,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import UserError
+from .lora import ADAPTER_DIR, delta_weight, has_lora, is_lora_layer, merge_adapter, owner, save_adapter
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,11 @@ def mark_trainable(model: torch.nn.Module, slices: list[QKSlice], train_bias: bo
     """Freeze everything, then train the Q/K slices; returns the parameters to optimise.
 
     A fused tensor (Q|K|V) gets a gradient hook that zeroes its V part, so Adam leaves V bit-identical.
+    A model with LoRA layers on its projections trains their lora_A / lora_B instead (`train_bias` unused).
     """
     model.requires_grad_(False)
+    if has_lora(model):
+        return _mark_lora(model, slices)
     params = dict(model.named_parameters())
     keep: dict[str, list[tuple[QKSlice, bool]]] = {}
     for s in slices:
@@ -112,6 +120,30 @@ def mark_trainable(model: torch.nn.Module, slices: list[QKSlice], train_bias: bo
             _select(mask, s, is_bias).fill_(True)
         if not bool(mask.all()):
             p.register_hook(lambda g, m=mask: g * m)
+    return out
+
+
+def _mark_lora(model: torch.nn.Module, slices: list[QKSlice]) -> list[torch.nn.Parameter]:
+    """lora_A / lora_B of every Q/K projection; lora_B rows outside the slices (V of a fused c_attn) masked."""
+    modules = dict(model.named_modules())
+    by_module: dict[str, list[QKSlice]] = {}
+    for s in slices:
+        by_module.setdefault(owner(s.param), []).append(s)
+    out = []
+    for name, owned in by_module.items():
+        module = modules[name]
+        if not is_lora_layer(module):
+            raise UserError(f"{name} has no LoRA adapter while other query/key projections do")
+        for adapter in module.active_adapters:
+            a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight  # b: (out features, r)
+            a.requires_grad_(True)
+            b.requires_grad_(True)
+            out += [a, b]
+            rows = torch.zeros(b.shape[0], 1, dtype=torch.bool, device=b.device)
+            for s in owned:
+                rows[s.start : s.stop] = True
+            if not bool(rows.all()):
+                b.register_hook(lambda g, m=rows: g * m)
     return out
 
 
@@ -138,12 +170,30 @@ def head_gradient_mask(slices: list[QKSlice], active: torch.Tensor, model: torch
     return masks
 
 
+def _effective_weight(model: torch.nn.Module, name: str, params: dict) -> torch.Tensor:
+    """A projection's weight as the model uses it: with LoRA, base (dequantised if 4-bit) + the LoRA update."""
+    module = model.get_submodule(owner(name))
+    delta = delta_weight(module)
+    if delta is None:
+        return params[name].detach()
+    weight = module.base_layer.weight
+    if getattr(weight, "quant_state", None) is not None:  # bitsandbytes 4-bit
+        from peft.utils.integrations import dequantize_module_weight
+
+        weight = dequantize_module_weight(module.base_layer)
+    weight = weight.detach()
+    return weight + delta.detach().to(weight.dtype)
+
+
 def trained_tensors(model: torch.nn.Module, slices: list[QKSlice]) -> dict[str, torch.Tensor]:
-    """The Q/K slices' current values, keyed '<param>@<kind>' (bias: '<bias>@<kind>')."""
+    """The Q/K slices' current values, keyed '<param>@<kind>' (bias: '<bias>@<kind>').
+
+    With LoRA these are the effective weights (base + update), so norms of the change mean the same thing.
+    """
     params = dict(model.named_parameters())
     out = {}
     for s in slices:
-        out[f"{s.param}@{s.kind}"] = _select(params[s.param].detach(), s, False).contiguous().cpu()
+        out[f"{s.param}@{s.kind}"] = _select(_effective_weight(model, s.param, params), s, False).contiguous().cpu()
         if s.bias:
             out[f"{s.bias}@{s.kind}"] = _select(params[s.bias].detach(), s, True).contiguous().cpu()
     return out
@@ -159,9 +209,27 @@ def save_delta(model: torch.nn.Module, slices: list[QKSlice], path: Path, meta: 
     tmp.replace(path)
 
 
+def save_trained(model: torch.nn.Module, directory: str | Path, meta: dict | None = None) -> Path:
+    """Save what training changed into a run directory: adapter/ (LoRA) or delta.safetensors; returns it."""
+    directory = Path(directory)
+    if has_lora(model):
+        return save_adapter(model, directory / ADAPTER_DIR)
+    save_delta(model, find_qk_slices(model), directory / "delta.safetensors", meta)
+    return directory / "delta.safetensors"
+
+
 def load_delta(model: torch.nn.Module, path: str | Path, slices: Iterable[QKSlice] | None = None) -> None:
-    """Copy saved W_Q/W_K values into `model` in place (a run directory or the .safetensors file)."""
+    """Copy saved W_Q/W_K values into `model` in place (a run directory or the .safetensors file).
+
+    A run directory with a LoRA adapter (adapter/) is merged into the base weights (models.lora.merge_adapter).
+    """
     path = Path(path)
+    if path.is_dir() and (path / ADAPTER_DIR).is_dir() and not (path / "delta.safetensors").exists():
+        merge_adapter(model, path / ADAPTER_DIR)
+        return
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        merge_adapter(model, path)
+        return
     if path.is_dir():
         path = path / "delta.safetensors"
     if not path.is_file():

@@ -124,14 +124,14 @@ def example_attention_figure(example: dict, label_words=None) -> bytes:
     for position, label in zip(prompt["label_positions"], prompt["demo_labels"], strict=True):
         color = "tab:green" if label == gold else "tab:red"
         ax.axvspan(position - 0.5, position + 0.5, color=color, alpha=0.25, linewidth=0)
-    induction = before["induction_heads"] > 0 and after["induction_heads"] > 0
-    key = "induction_mean" if induction or "all_mean" not in before else "all_mean"
+    union = example.get("mean_over_heads", 0)
+    key = "induction_mean" if union else "all_mean"
     for side, name, color in ((before, "before", "tab:gray"), (after, "after", "tab:blue")):
-        label = f"{name} ({side['induction_heads']} induction heads)"
+        label = f"{name} ({side['induction_heads']} heads pass the filter)"
         ax.plot(x, side[key], color=color, marker=".", label=label)
     ax.set_xlim(-0.5, len(tokens) - 0.5)
     ax.set_ylabel("attention")
-    what = "the induction heads of this prompt" if key == "induction_mean" else "all heads and layers"
+    what = f"the {union} heads passing ABFT's filter before or after" if union else "all heads and layers"
     ax.set_title(
         f"mean over {what}; label tokens shaded (green: gold label, red: other labels)",
         fontsize=10,

@@ -8,7 +8,8 @@ Cost: one forward of one prompt before and one after training, and a CPU copy of
 `abft report --with-model` recomputes both files from the base model and delta.safetensors instead.
 
 example_attention.json: the last token's attention over the prompt's tokens (mean over heads per layer, and
-the mean over the heads that pass ABFT's induction-head filter on this prompt), before and after.
+the mean over the heads that pass ABFT's induction-head filter on this prompt before or after training),
+before and after.
 qk_shift.json: per layer ||W_Q - W_Q0||_F and ||W_K - W_K0||_F (weights only, not biases), absolute and
 relative to ||W0||_F.
 """
@@ -35,9 +36,8 @@ def _round(tensor: torch.Tensor, digits: int = 6) -> list:
 
 
 @torch.no_grad()
-def example_attention(model, prompt, pad_id: int, objective: ABFTObjective | None = None) -> dict:
-    """Last-token attention of every layer on one prompt: (L, T) head means and the induction-head mean (T,)."""
-    objective = objective or ABFTObjective()
+def last_row(model, prompt, pad_id: int, objective: ABFTObjective) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One prompt's last-token attention (L, H, T), ABFT's induction-head mask (L, H), label mass (L, H)."""
     use_last_row_attention(model)
     device = next(model.parameters()).device
     batch = collate([prompt], pad_id).to(device)
@@ -48,15 +48,25 @@ def example_attention(model, prompt, pad_id: int, objective: ABFTObjective | Non
     label_probs = objective.label_attention(probs, batch.label_positions.clamp(min=0))  # (1, L, H, k)
     valid = batch.demo_labels >= 0
     heads = objective.induction_heads(label_probs, valid, batch.lengths)[0]  # (L, H)
-    rows = probs[0]  # (L, H, T)
-    induction = rows[heads].mean(0) if bool(heads.any()) else torch.zeros(rows.shape[-1])
+    return probs[0].cpu(), heads.cpu(), (label_probs[0] * valid[0]).sum(-1).cpu()
+
+
+def summarise(rows: torch.Tensor, heads: torch.Tensor, mass: torch.Tensor, mean_over: torch.Tensor) -> dict:
+    """example_attention.json's entry of one side; induction_mean averages the heads in `mean_over` (L, H)."""
+    induction = rows[mean_over].mean(0) if bool(mean_over.any()) else torch.zeros(rows.shape[-1])
     return {
         "layer_mean": _round(rows.mean(1)),  # (L, T)
         "induction_mean": _round(induction),  # (T,) zeros when no head passes
         "all_mean": _round(rows.mean((0, 1))),  # (T,) mean over every layer and head
-        "induction_heads": int(heads.sum()),
-        "label_mass_per_layer": _round((label_probs[0] * valid[0]).sum(-1).mean(-1)),  # (L,)
+        "induction_heads": int(heads.sum()),  # heads passing the filter on this prompt, this side
+        "label_mass_per_layer": _round(mass.mean(-1)),  # (L,)
     }
+
+
+def example_attention(model, prompt, pad_id: int, objective: ABFTObjective | None = None, mean_over=None) -> dict:
+    """One side of example_attention.json; `mean_over` (L, H) defaults to this side's induction heads."""
+    rows, heads, mass = last_row(model, prompt, pad_id, objective or ABFTObjective())
+    return summarise(rows, heads, mass, heads if mean_over is None else mean_over)
 
 
 def qk_shift(base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], slices: Sequence[QKSlice]) -> dict:
@@ -91,11 +101,13 @@ class RunSnapshot:
         self.slices = find_qk_slices(model)
         # clone: on CPU trained_tensors returns views of the parameters, which training changes in place
         self.base = {key: value.clone() for key, value in trained_tensors(model, self.slices).items()}
-        self.before = example_attention(model, prompt, pad_id, self.objective)
+        self.before = last_row(model, prompt, pad_id, self.objective)
 
     def write(self, model, run_dir: str | Path) -> None:
         out = RunDir(Path(run_dir))
         p = self.prompt
+        after = last_row(model, p, self.pad_id, self.objective)
+        union = self.before[1] | after[1]  # one head set for both sides: the mean then compares like with like
         out.write_json(
             EXAMPLE_FILE,
             {
@@ -106,8 +118,9 @@ class RunSnapshot:
                     "gold": int(p.gold),
                     "text": getattr(p, "text", ""),
                 },
-                "before": self.before,
-                "after": example_attention(model, p, self.pad_id, self.objective),
+                "mean_over_heads": int(union.sum()),
+                "before": summarise(*self.before, union),
+                "after": summarise(*after, union),
             },
         )
         out.write_json(SHIFT_FILE, qk_shift(self.base, trained_tensors(model, self.slices), self.slices))

@@ -1,0 +1,157 @@
+"""`make bench`: every performance target of the project, measured side by side in one run.
+
+Each workload runs in its own subprocess (benchmarks/workloads.py) so peak memory is per method.
+Writes benchmarks/results.json (latest figures) and prints a table; RESULTS.md holds the history.
+
+    python benchmarks/run_all.py [--quick] [--skip-protocol]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def workload(*args: str) -> dict:
+    out = subprocess.run([sys.executable, str(HERE / "workloads.py"), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"workload {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def protocol_minutes() -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "abft.cli", "run", "--dataset", "sst2", "--output", f"{tmp}/run"],
+            check=True,
+            capture_output=True,
+            env={**__import__("os").environ, "ABFT_NO_PROGRESS": "1"},
+        )
+        return (time.perf_counter() - start) / 60
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer examples (noisier)")
+    parser.add_argument("--skip-protocol", action="store_true", help="skip the whole `abft run` timing")
+    args = parser.parse_args()
+    n4, n16, n_eval = ("8", "4", "64") if args.quick else ("24", "8", "256")
+    rows = []
+    results: dict = {
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.processor()}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+    ours4 = workload("train", "--impl", "ours", "--k", "4", "--examples", n4)
+    ref4 = workload("train", "--impl", "reference", "--k", "4", "--examples", n4)
+    results["train_speedup_k4"] = ours4["examples_per_s"] / ref4["examples_per_s"]
+    rows.append(
+        (
+            "train k=4 SST-2 examples/s",
+            ref4["examples_per_s"],
+            ours4["examples_per_s"],
+            results["train_speedup_k4"],
+            ">= 1.5x",
+        )
+    )
+    ours16 = workload("train", "--impl", "ours", "--k", "16", "--dataset", "agnews", "--examples", n16, "--micro", "4")
+    ref16 = workload("train", "--impl", "reference", "--k", "16", "--dataset", "agnews", "--examples", n16)
+    results["train_speedup_k16"] = ours16["examples_per_s"] / ref16["examples_per_s"]
+    results["train_memory_ratio_k16"] = ours16["activation_mb"] / ref16["activation_mb"]
+    rows.append(
+        (
+            "train k=16 AG News examples/s",
+            ref16["examples_per_s"],
+            ours16["examples_per_s"],
+            results["train_speedup_k16"],
+            ">= 2x",
+        )
+    )
+    rows.append(
+        (
+            "train k=16 activation MB (ours/ref)",
+            ref16["activation_mb"],
+            ours16["activation_mb"],
+            results["train_memory_ratio_k16"],
+            "<= 0.5",
+        )
+    )
+
+    staicc = workload("eval", "--impl", "staicc", "--prompts", n_eval)
+    ours_eval = workload("eval", "--impl", "ours", "--prompts", n_eval)
+    results["eval_speedup_vs_staicc"] = ours_eval["prompts_per_s"] / staicc["prompts_per_s"]
+    rows.append(
+        (
+            "eval SST-2 prompts/s",
+            staicc["prompts_per_s"],
+            ours_eval["prompts_per_s"],
+            results["eval_speedup_vs_staicc"],
+            ">= 2x",
+        )
+    )
+
+    flops = workload("flops")
+    results["train_peak_fraction"] = flops["train_gflops_per_s"] / flops["matmul_gflops_per_s"]
+    results["eval_peak_fraction"] = flops["eval_gflops_per_s"] / flops["matmul_gflops_per_s"]
+    rows.append(
+        (
+            "train GFLOP/s vs matmul peak",
+            flops["matmul_gflops_per_s"],
+            flops["train_gflops_per_s"],
+            results["train_peak_fraction"],
+            ">= 0.5",
+        )
+    )
+    rows.append(
+        (
+            "eval GFLOP/s vs matmul peak",
+            flops["matmul_gflops_per_s"],
+            flops["eval_gflops_per_s"],
+            results["eval_peak_fraction"],
+            ">= 0.5",
+        )
+    )
+
+    e2e = workload("train", "--impl", "ours", "--method", "e2e", "--k", "4", "--examples", n4)
+    results["e2e_over_abft_time"] = ours4["examples_per_s"] / e2e["examples_per_s"]
+    results["e2e_over_abft_memory"] = e2e["activation_mb"] / max(ours4["activation_mb"], 1e-9)
+    rows.append(
+        (
+            "E2E / ABFT time per example",
+            1 / ours4["examples_per_s"],
+            1 / e2e["examples_per_s"],
+            results["e2e_over_abft_time"],
+            "(paper: 2.2x)",
+        )
+    )
+
+    if not args.skip_protocol:
+        results["abft_run_minutes"] = protocol_minutes()
+        rows.append(
+            (
+                "`abft run` SST-2 paper defaults, minutes",
+                float("nan"),
+                results["abft_run_minutes"],
+                results["abft_run_minutes"],
+                "<= 8",
+            )
+        )
+
+    print(f"{'measure':<42}{'baseline':>12}{'abft':>12}{'ratio':>9}  target")
+    for name, base, ours, ratio, target in rows:
+        print(f"{name:<42}{base:>12.3f}{ours:>12.3f}{ratio:>9.2f}  {target}")
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {HERE / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

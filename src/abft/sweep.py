@@ -1,0 +1,131 @@
+"""Data-efficiency sweep: `abft run` for ABFT and E2E at several training-set sizes, and one table.
+
+    abft sweep --dataset sst2 --sizes 32 128 256 512 1024 --methods abft e2e --output runs/sweep-sst2
+    table = sweep(cfg, sizes=(32, 128), methods=("abft", "e2e"), output="runs/sweep-sst2")
+
+Each (method, size) is an ordinary run directory `<output>/<method>-<size>` (same seed, same test prompts,
+the base model loaded afresh). Only the first run tests the base model (`before`); the others skip it. A
+finished run directory is reused, an interrupted one is resumed from its checkpoint, so re-running the same
+command continues a sweep. `<output>/sweep.json` holds the table, which is also printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import RunConfig
+from .errors import UserError
+from .rundir import RunDir, atomic_write
+
+SIZES = (32, 128, 256, 512, 1024)
+METHODS = ("abft", "e2e")
+
+
+def sweep(
+    cfg: RunConfig,
+    sizes: Sequence[int] = SIZES,
+    methods: Sequence[str] = METHODS,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    log=print,
+) -> dict:
+    """Run every (method, size) and return sweep.json's content: before accuracy and one row per run."""
+    from . import runner
+
+    if not sizes or any(n < 1 for n in sizes):
+        raise UserError(f"--sizes must be positive training-set sizes, got {list(sizes)}")
+    if not methods or any(m not in METHODS for m in methods):
+        raise UserError(f"--methods must be among {', '.join(METHODS)}, got {list(methods)}")
+    name = Path(cfg.data.dataset).stem
+    root = Path(output or cfg.output or Path("runs") / f"{name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    rows: list[dict] = []
+    before = None
+    for method in dict.fromkeys(methods):
+        for size in dict.fromkeys(sizes):
+            run_cfg = copy.deepcopy(cfg)
+            run_cfg.train.method, run_cfg.data.train_samples = method, size
+            run_cfg.output = str(root / f"{method}-{size}")
+            run_cfg.eval.fore_test, run_cfg.eval.post_test = before is None, True
+            log(f"sweep: {method} with {size} training prompts -> {run_cfg.output}")
+            metrics = _run_or_reuse(runner, run_cfg, overwrite, log)
+            if before is None:
+                before = metrics.get("before", {}).get("accuracy")
+            after = metrics.get("after", {})
+            rows.append(
+                {
+                    "method": method,
+                    "train_samples": size,
+                    "accuracy": after.get("accuracy"),
+                    "macro_f1": after.get("macro_f1"),
+                    "gain": None if before is None or "accuracy" not in after else after["accuracy"] - before,
+                    "run": run_cfg.output,
+                }
+            )
+            table = {"dataset": name, "model": cfg.model.model, "k": cfg.data.k, "before_accuracy": before}
+            table["rows"] = rows
+            root.mkdir(parents=True, exist_ok=True)
+            atomic_write(root / "sweep.json", json.dumps(table, indent=2) + "\n")
+    log(format_sweep(table))
+    return table
+
+
+def _run_or_reuse(runner, cfg: RunConfig, overwrite: bool, log) -> dict:
+    run = RunDir(Path(cfg.output))
+    state = None if overwrite else run.state()
+    if state == "finished":
+        log("sweep: finished before, reusing its metrics.json")
+        return run.read_json("metrics.json") or {}
+    if state is not None and run.read_json("config.json") is not None:
+        return runner.resume(cfg.output, log=log)
+    return runner.run(cfg, train=True, overwrite=overwrite, log=log)
+
+
+def format_sweep(table: dict) -> str:
+    """Accuracy (%) after training: one row per training-set size, one column per method."""
+    methods = list(dict.fromkeys(r["method"] for r in table["rows"]))
+    sizes = list(dict.fromkeys(r["train_samples"] for r in table["rows"]))
+    cell = {(r["method"], r["train_samples"]): r["accuracy"] for r in table["rows"]}
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.2f}"
+
+    lines = [f"{'train samples':<15}" + "".join(f"{m:>10}" for m in methods)]
+    lines += [f"{n:<15}" + "".join(f"{pct(cell.get((m, n))):>10}" for m in methods) for n in sizes]
+    lines.append(f"{'before':<15}{pct(table['before_accuracy']):>10}")
+    return "\n".join(lines)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .cli import _config
+
+    sweep(_config(args), args.sizes, args.methods, overwrite=args.overwrite)
+    return 0
+
+
+def register(sub) -> None:
+    """Add `abft sweep` to abft.cli's subparsers (every `abft run` option, plus --sizes and --methods)."""
+    from .cli import SECTIONS, _add_fields
+
+    parser = sub.add_parser(
+        "sweep",
+        help="data efficiency: ABFT and E2E at several training-set sizes, one table",
+        description="Run `abft run` for each method and training-set size into OUTPUT/<method>-<size>; "
+        "write OUTPUT/sweep.json. Re-running the same command reuses finished runs and resumes interrupted ones.",
+    )
+    for name, cls in SECTIONS.items():
+        _add_fields(parser, cls, f"{name}.", skip={"train_samples", "method", "fore_test", "post_test"})
+    _add_fields(parser, RunConfig, "")
+    group = parser.add_argument_group("sweep")
+    group.add_argument(
+        "--sizes", type=int, nargs="+", default=list(SIZES), metavar="N", help=f"training-set sizes (default: {SIZES})"
+    )
+    group.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help=f"methods (default: {METHODS})"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing run directories")
+    parser.set_defaults(func=cmd_sweep)

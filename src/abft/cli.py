@@ -75,10 +75,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from .distributed import is_main
     from .runner import run
 
     metrics = run(_config(args), train=False, overwrite=args.overwrite)
-    print(json.dumps(metrics["before"], indent=2))
+    if is_main():  # once under torchrun / accelerate launch
+        print(json.dumps(metrics["before"], indent=2))
     return 0
 
 

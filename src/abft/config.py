@@ -26,6 +26,11 @@ class ModelConfig:
     dtype: str | None = opt(
         None, "fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on GPU)", choices=["fp32", "bf16", "fp16"]
     )
+    quantized: bool = opt(
+        False,
+        "4-bit NF4 base with bf16 compute (bitsandbytes, CUDA only); training then goes through LoRA "
+        "(--lora-r, 16 if not given)",
+    )
 
 
 @dataclass
@@ -68,6 +73,14 @@ class TrainConfig:
     e2e_over: str = opt(
         "vocab", "E2E cross-entropy over the whole vocabulary or only the label tokens", choices=["vocab", "labels"]
     )
+    lora_r: int = opt(
+        0,
+        "LoRA rank on the query/key projections only (0: train W_Q/W_K themselves); the paper used r 16 with "
+        "--lr 1e-4, and --lr keeps its own value",
+    )
+    lora_alpha: float = opt(32.0, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = opt(0.0, "dropout on the LoRA input (0 keeps training deterministic)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, slower")
 
 
 @dataclass

@@ -41,7 +41,8 @@ class RunDir:
             stale_files = ("train_log.jsonl", "metrics.json", "delta.safetensors", "heads.json", "report.html")
             for stale in stale_files + ("example_attention.json", "qk_shift.json", "timings.json"):
                 (run.path / stale).unlink(missing_ok=True)
-            shutil.rmtree(run.path / "checkpoint", ignore_errors=True)
+            for stale_dir in ("checkpoint", "adapter"):
+                shutil.rmtree(run.path / stale_dir, ignore_errors=True)
             run.set_state("running")
         except OSError as exc:
             raise UserError(f"cannot write to {run.path}: {exc.strerror}") from exc

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoint import load_checkpoint
 from .config import RunConfig
 from .data import PromptBuilder, default_template, load_dataset, test_pairs, train_pairs
@@ -21,7 +22,8 @@ from .errors import UserError
 from .evaluation import evaluate_prompts, suites
 from .heads import head_statistics, heads_summary
 from .models import load_model
-from .models.params import find_qk_slices, save_delta
+from .models.lora import add_lora
+from .models.params import save_trained
 from .objectives import ABFTObjective
 from .report.snapshot import RunSnapshot
 from .rundir import RunDir, atomic_write
@@ -53,7 +55,8 @@ def load_data(spec: str):
 
 def resume(run_dir: str | Path, log=print) -> dict:
     """Continue an interrupted `abft run` from its last checkpoint, with the configuration it was started with."""
-    config = RunDir(Path(run_dir)).read_json("config.json")
+    distributed.init()
+    config = distributed.broadcast_object(RunDir(Path(run_dir)).read_json("config.json"))
     if config is None:
         raise UserError(f"{run_dir} has no config.json; nothing to resume")
     cfg = RunConfig.from_dict(config)
@@ -66,22 +69,30 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
 
     Everything a user can get wrong (dataset, model, sizes, prompt length) is checked before the run
     directory is created, so a mistake leaves nothing behind.
+    Under torchrun / accelerate launch every process runs this; only the main one writes and logs.
     """
+    distributed.init()
+    log = distributed.main_only(log)
+    if train and cfg.model.quantized and not cfg.train.lora_r:
+        cfg.train.lora_r = 16  # a 4-bit base is trained through an adapter; the paper's rank
+        log("note: --quantized trains LoRA adapters; --lora-r was not given, so the paper's rank 16 is used")
     _validate(cfg, train)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     job = _prepare(cfg, train)
     job.timings["load_seconds"] = round(time.perf_counter() - t0, 2)
     if resume_run:
-        out = RunDir.reopen(cfg.output)
+        out = distributed.open_run_dir(lambda: RunDir.reopen(cfg.output))
     else:
-        out = RunDir.create(cfg.output or default_output(cfg, train), overwrite)
+        out = distributed.open_run_dir(lambda: RunDir.create(cfg.output or default_output(cfg, train), overwrite))
     try:
         metrics = _run(cfg, job, out, log)
     except BaseException as exc:
         out.set_state("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     out.set_state("finished")
+    if not distributed.is_main():  # the others wrote into a scratch directory
+        return metrics
     from .report.html import write_report  # matplotlib loads here only
 
     try:
@@ -104,7 +115,9 @@ class _Job:
 
 def _prepare(cfg: RunConfig, train: bool) -> _Job:
     dataset = load_data(cfg.data.dataset)
-    model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype)
+    model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype, cfg.model.quantized)
+    if train and cfg.train.lora_r:  # before anything reads W_Q/W_K (the report's snapshot)
+        add_lora(model, cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
     info = dataset.info
     builder = PromptBuilder(tokenizer, info.label_words, default_template(info), cfg.data.label_token_mode)
     test = build_prompts(builder, dataset, test_pairs(dataset, cfg.data.k, cfg.data.test_samples))
@@ -133,6 +146,12 @@ def _validate(cfg: RunConfig, train: bool) -> None:
         ]
         if not cfg.train.lr > 0:
             raise UserError(f"--lr must be positive, got {cfg.train.lr}")
+        if cfg.train.lora_r < 0:
+            raise UserError(f"--lora-r must be 0 (off) or positive, got {cfg.train.lora_r}")
+        if cfg.train.lora_r and cfg.train.restricted_gradient:
+            raise UserError("--restricted-gradient cannot be combined with --lora-r: lora_A is shared by all heads")
+        if not 0 <= cfg.train.lora_dropout < 1:
+            raise UserError(f"--lora-dropout must be in [0, 1), got {cfg.train.lora_dropout}")
     for flag, value, low in checks:
         if value < low:
             raise UserError(f"{flag} must be at least {low}, got {value}")
@@ -144,7 +163,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     model, tokenizer, test, info = job.model, job.tokenizer, job.test, job.dataset.info
     pad = tokenizer.pad_token_id
     labels = job.builder.label_token_ids
-    metrics: dict = out.read_json("metrics.json") or {
+    metrics: dict = distributed.broadcast_object(out.read_json("metrics.json")) or {  # resuming: main's
         "dataset": info.name,
         "model": cfg.model.model,
         "k": cfg.data.k,
@@ -209,13 +228,8 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
         heads_after = head_statistics(model, sample, pad, objective)
         out.write_json("heads.json", {"before": heads_summary(heads_before), "after": heads_summary(heads_after)})
         snapshot.write(model, out.path)  # example_attention.json, qk_shift.json
-        if cfg.save:
-            save_delta(
-                model,
-                find_qk_slices(model),
-                out.file("delta.safetensors"),
-                meta={"model": cfg.model.model, "method": cfg.train.method},
-            )
+        if cfg.save:  # delta.safetensors, or adapter/ (a peft adapter) with LoRA
+            save_trained(model, out.path, meta={"model": cfg.model.model, "method": cfg.train.method})
         if cfg.eval.post_test:
             evaluate("after")
         shutil.rmtree(checkpoint, ignore_errors=True)

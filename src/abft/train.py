@@ -4,7 +4,12 @@
 
 One optimiser step per pseudo-batch (gradient accumulation over micro-batches of similar length), Adam
 with a constant learning rate, prompts reshuffled every epoch by `seed`. Only W_Q / W_K are trained
-(see models.params). After each step the penalty controller sees the mean induction-head count.
+(see models.params), directly or through LoRA adapters (`cfg.lora_r`, models.lora). After each step the
+penalty controller sees the mean induction-head count.
+
+Several processes (torchrun / accelerate launch, see abft.distributed): every process follows the same
+schedule and takes its share of each pseudo-batch; gradients, losses and head counts are summed over
+processes before the step, so the step, the records and the penalty are those of one process.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .attention import capture_last_row, use_last_row_attention
 from .batching import collate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .control import PenaltyController
 from .errors import UserError
+from .models.lora import add_lora, has_lora
 from .models.params import find_qk_slices, head_gradient_mask, mark_trainable
 from .objectives import ABFTObjective, e2e_loss
 from .progress import progress_bar
@@ -82,13 +89,21 @@ def train(
 
     With `checkpoint_dir`, state is saved every `checkpoint_every` steps and a saved state found there is
     resumed from (the records before it are returned too, and `on_step` is not called for them again).
+    With several processes only the main one reads and writes checkpoints.
     """
     if not prompts:
         raise UserError("no training prompts: --train-samples must be at least 1")
+    if cfg.lora_r and not has_lora(model):
+        add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    if cfg.restricted_gradient and has_lora(model):
+        raise UserError("--restricted-gradient cannot be combined with LoRA: lora_A is shared by all heads")
     device = next(model.parameters()).device
     slices = find_qk_slices(model)
     params = mark_trainable(model, slices, cfg.train_bias)
+    distributed.broadcast_params(params)  # the same start everywhere (LoRA's A is random)
     use_last_row_attention(model)
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(model)
     model.train()
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     controller = PenaltyController(
@@ -99,7 +114,8 @@ def train(
     micro = 1 if cfg.restricted_gradient else cfg.micro_batch_size
     plan = schedule(len(prompts), cfg.epochs, cfg.pseudo_batch_size, seed)
     records: list[StepRecord] = []
-    state = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    state = load_checkpoint(checkpoint_dir) if checkpoint_dir and distributed.is_main() else None
+    state = distributed.broadcast_object(state)
     if state is not None:
         with torch.no_grad():
             for p, value in zip(params, state["params"], strict=True):
@@ -108,76 +124,104 @@ def train(
         controller.load_state_dict(state["controller"])
         torch.set_rng_state(state["rng"])
         records = [StepRecord(**r) for r in state["records"]]
-    with progress_bar(f"training ({cfg.method})", total=len(plan)) as advance:
-        advance(len(records))
-        for step, (epoch, chunk) in enumerate(plan, start=1):
-            if step <= len(records):
-                continue
-            start = time.perf_counter()
-            penalty = controller.penalty
-            chunk = sorted(chunk, key=lambda i: len(prompts[i].input_ids))
-            total_loss, total_heads, total_correct = 0.0, 0.0, 0
-            for m in range(0, len(chunk), micro):
-                batch = collate([prompts[i] for i in chunk[m : m + micro]], pad_id).to(device)
-                with capture_last_row(model) as cap:
+    try:
+        with progress_bar(f"training ({cfg.method})", total=len(plan)) as advance:
+            advance(len(records))
+            for step, (epoch, chunk) in enumerate(plan, start=1):
+                if step <= len(records):
+                    continue
+                start = time.perf_counter()
+                penalty = controller.penalty
+                chunk = sorted(chunk, key=lambda i: len(prompts[i].input_ids))
+                mine = distributed.shard(chunk)  # all of it on one process
+                total_loss, total_heads, total_correct = 0.0, 0.0, 0
+                for m in range(0, len(mine), micro):
+                    batch = collate([prompts[i] for i in mine[m : m + micro]], pad_id).to(device)
+                    with capture_last_row(model) as cap:
+                        if cfg.method == "e2e":
+                            logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]
+                        else:
+                            _decoder(model)(**batch.model_inputs())
+                    n_tokens = batch.lengths - (0 if cfg.count_bos or not has_bos else 1)
+                    abft_loss, heads = objective(
+                        cap.probs, batch.label_positions, batch.demo_labels, batch.gold, n_tokens, penalty, cfg.reward
+                    )
                     if cfg.method == "e2e":
-                        logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]
+                        loss = e2e_loss(logits, batch.gold, label_ids, cfg.e2e_over)
+                        total_correct += int((logits[:, label_ids].argmax(-1) == batch.gold).sum())
                     else:
-                        _decoder(model)(**batch.model_inputs())
-                n_tokens = batch.lengths - (0 if cfg.count_bos or not has_bos else 1)
-                abft_loss, heads = objective(
-                    cap.probs, batch.label_positions, batch.demo_labels, batch.gold, n_tokens, penalty, cfg.reward
+                        loss = abft_loss
+                    scaled = loss.sum() / len(chunk)  # the global pseudo-batch: summed gradients are the mean
+                    if cfg.restricted_gradient:
+                        _masked_backward(scaled, params, model, slices, heads[0])
+                    elif scaled.requires_grad:
+                        scaled.backward()
+                    total_loss += float(loss.detach().sum())
+                    total_heads += float(heads.sum())
+                total_loss, total_heads, total_correct = distributed.sum_floats(total_loss, total_heads, total_correct)
+                distributed.sync_gradients(params)
+                if not math.isfinite(total_loss):
+                    raise TrainingDiverged(
+                        f"loss became {total_loss} at step {step}; the last good checkpoint is kept; lower --lr"
+                    )
+                grads = [p.grad.detach().double().norm() for p in params if p.grad is not None]
+                grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                record = StepRecord(
+                    step,
+                    epoch,
+                    total_loss / len(chunk),
+                    total_heads / len(chunk),
+                    penalty,
+                    cfg.reward,
+                    cfg.lr,
+                    len(chunk),
+                    time.perf_counter() - start,
                 )
+                record.extra["grad_norm"] = grad_norm
                 if cfg.method == "e2e":
-                    loss = e2e_loss(logits, batch.gold, label_ids, cfg.e2e_over)
-                    total_correct += int((logits[:, label_ids].argmax(-1) == batch.gold).sum())
-                else:
-                    loss = abft_loss
-                scaled = loss.sum() / len(chunk)
-                if cfg.restricted_gradient:
-                    _masked_backward(scaled, params, model, slices, heads[0])
-                elif scaled.requires_grad:
-                    scaled.backward()
-                total_loss += float(loss.detach().sum())
-                total_heads += float(heads.sum())
-            if not math.isfinite(total_loss):
-                raise TrainingDiverged(
-                    f"loss became {total_loss} at step {step}; the last good checkpoint is kept; lower --lr"
-                )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            record = StepRecord(
-                step,
-                epoch,
-                total_loss / len(chunk),
-                total_heads / len(chunk),
-                penalty,
-                cfg.reward,
-                cfg.lr,
-                len(chunk),
-                time.perf_counter() - start,
-            )
-            if cfg.method == "e2e":
-                record.extra["train_accuracy"] = total_correct / len(chunk)
-            controller.update(record.heads)
-            records.append(record)
-            if checkpoint_dir and (step % checkpoint_every == 0 or step == len(plan)):
-                save_checkpoint(
-                    checkpoint_dir,
-                    {
-                        "params": [p.detach().cpu() for p in params],
-                        "optimizer": optimizer.state_dict(),
-                        "controller": controller.state_dict(),
-                        "rng": torch.get_rng_state(),
-                        "records": [dict(r.__dict__) for r in records],
-                    },
-                )
-            if on_step:
-                on_step(record)
-            advance(1, loss=record.loss, heads=record.heads, A=controller.penalty)
-    model.eval()
-    model.requires_grad_(False)
+                    record.extra["train_accuracy"] = total_correct / len(chunk)
+                controller.update(record.heads)
+                records.append(record)
+                if checkpoint_dir and distributed.is_main() and (step % checkpoint_every == 0 or step == len(plan)):
+                    save_checkpoint(
+                        checkpoint_dir,
+                        {
+                            "params": [p.detach().cpu() for p in params],
+                            "optimizer": optimizer.state_dict(),
+                            "controller": controller.state_dict(),
+                            "rng": torch.get_rng_state(),
+                            "records": [dict(r.__dict__) for r in records],
+                        },
+                    )
+                if on_step:
+                    on_step(record)
+                advance(1, loss=record.loss, heads=record.heads, A=controller.penalty)
+    finally:
+        if cfg.gradient_checkpointing:
+            _disable_checkpointing(model)
+        model.eval()
+        model.requires_grad_(False)
     return records
+
+
+def _enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing (transformers applies it in train mode only)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"{type(model).__name__} does not support --gradient-checkpointing")
+    kwargs = {"use_reentrant": False}  # reentrant checkpointing would cut the captured rows' gradients
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _disable_checkpointing(model) -> None:
+    if hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def _masked_backward(loss, params, model, slices, active: torch.Tensor) -> None:

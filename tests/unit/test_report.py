@@ -130,7 +130,7 @@ def test_report_errors_and_stale_figures(tmp_path, capsys):
     (bare / "figures" / "qk_shift.png").write_bytes(b"old")
     assert main(["report", str(bare), "--with-model"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("abft: error:") and "no delta.safetensors" in err[-1]
+    assert err[-1].startswith("abft: error:") and "no trained weights" in err[-1]
     write_report(bare)
     assert sorted(p.name for p in (bare / "figures").iterdir()) == ["accuracy.png"]  # stale one removed
     assert "fig-qk_shift" not in (bare / "report.html").read_text()
@@ -315,3 +315,18 @@ def test_interpolation_refuses_runs_of_different_setups(runs, tmp_path):
         interpolate_runs(runs["e2e"], other, loader=never)
     with pytest.raises(UserError, match="--grid"):
         interpolate_runs(runs["e2e"], runs["abft"], grid=1, loader=never)
+
+
+def test_accuracy_figure_takes_every_protocols_accuracy_but_no_slopes():
+    metrics = {
+        "dataset": "sst2",
+        "before": {"accuracy": 0.5, "macro_f1": 0.4, "template": {"consistency": 0.9, "per_template": [0.5, 0.6]}},
+        "after": {"accuracy": 0.75, "bias": {"label_noise": {"slope": {"accuracy": -0.2}}}, "demo": {"accuracy": 1.0}},
+    }
+    assert figures.score_pairs(metrics) == [
+        ("accuracy", 0.5, 0.75),
+        ("template.consistency", 0.9, None),
+        ("demo.accuracy", None, 1.0),
+    ]
+    assert png_size(figures.accuracy_figure(metrics)) == figures.pixel_size("accuracy")
+    assert figures.accuracy_figure({"before": {"ece": 0.1}}) is None

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .. import distributed
 from ..batching import collate, length_batches
 from ..progress import progress_bar
 
@@ -23,16 +24,20 @@ def score_prompts(
     batch_size: int = 16,
     description: str = "scoring",
 ) -> np.ndarray:
-    """Softmax over the label tokens' logits at each prompt's last position, in prompt order."""
+    """Softmax over the label tokens' logits at each prompt's last position, in prompt order.
+
+    Several processes (abft.distributed) each score their share of the prompts; every one gets all rows.
+    """
     device = next(model.parameters()).device
     labels = torch.tensor(list(label_token_ids), device=device)
-    out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
-    batches = list(length_batches(prompts, batch_size))
-    with progress_bar(description, total=len(prompts)) as advance:
+    mine = distributed.shard(prompts)  # all of them on one process
+    out = np.zeros((len(mine), len(labels)), dtype=np.float64)
+    batches = list(length_batches(mine, batch_size))
+    with progress_bar(description, total=len(mine)) as advance:
         for idx in batches:
-            batch = collate([prompts[i] for i in idx], pad_id).to(device)
+            batch = collate([mine[i] for i in idx], pad_id).to(device)
             logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]  # (B, V)
             probs = torch.softmax(logits[:, labels].double(), dim=-1)
             out[idx] = probs.cpu().numpy()
             advance(len(idx))
-    return out
+    return distributed.gather_rows(out, len(prompts))

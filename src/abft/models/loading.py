@@ -2,6 +2,7 @@
 
     model, tokenizer = load_model("smollm2-135m")          # embedded default, no network
     model, tokenizer = load_model("Qwen/Qwen2.5-0.5B")     # hub id (the only case that may use the network)
+    model, tokenizer = load_model("meta-llama/Llama-3.1-70B", quantized=True)  # 4-bit NF4 (bitsandbytes, CUDA)
 
 GGUF files are dequantised once into `$ABFT_CACHE/<name>-<hash>/` (safetensors) and loaded from there
 afterwards: ~2 s instead of ~20 s, bit-identical logits.
@@ -119,26 +120,70 @@ def _converted(gguf: Path) -> Path:
 
 
 def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """This process's GPU under a multi-process launcher, else cuda if available, else cpu."""
+    from .. import distributed
+
+    return distributed.device() or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None):
-    """Load (model, tokenizer) in eval mode with all parameters frozen."""
+def quantization_config(device: str, dtype: str | None):
+    """bitsandbytes 4-bit NF4 (double quantisation) with bf16 compute (fp16 with --dtype fp16).
+
+    Raises UserError naming what is missing (the bitsandbytes package, a CUDA GPU): never a silent fallback.
+    """
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package (pip install bitsandbytes)")
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
+    elif not str(device).startswith("cuda"):
+        missing.append(f"a CUDA device (--device is {device})")
+    if missing:
+        raise UserError(
+            "--quantized loads the base model in 4-bit NF4 through bitsandbytes, which needs "
+            + " and ".join(missing)
+            + "; without it drop --quantized (full-precision base; --lora-r still trains LoRA adapters)"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float16 if dtype == "fp16" else torch.bfloat16,
+    )
+
+
+def load_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None, quantized=False):
+    """Load (model, tokenizer) in eval mode with all parameters frozen.
+
+    `quantized`: the base in 4-bit NF4 (bitsandbytes, CUDA only; see quantization_config); it can then only
+    be trained through LoRA adapters (models.lora).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source, online = resolve(model)
     device = device or default_device()
     dtype = dtype or ("fp32" if device == "cpu" else "bf16")
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
+    extra = {}
+    if quantized:  # checked before anything is converted or downloaded
+        config = quantization_config(device, dtype)
+        target = torch.device(device)
+        if target.index is None:  # "cuda": this process's current GPU (set per process by the launcher)
+            target = torch.device("cuda", torch.cuda.current_device())
+        extra = {"quantization_config": config, "device_map": {"": target}}
+    source, online = resolve(model)
     if not online:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="sdpa")
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="sdpa", **extra)
     except OSError as exc:
         raise UserError(f"cannot load model '{model}': {str(exc).splitlines()[0]}") from exc
-    lm.to(device).eval()
+    if not quantized:  # a 4-bit model is placed by device_map and cannot be moved
+        lm.to(device)
+    lm.eval()
     lm.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -63,6 +63,7 @@ def find_qk_slices(model: torch.nn.Module) -> list[QKSlice]:
     for module in model.modules():
         q, k = getattr(module, "q_proj", None), getattr(module, "k_proj", None)
         c_attn = getattr(module, "c_attn", None)
+        c_attn = getattr(c_attn, "base_layer", c_attn)  # peft LoRA wrapper
         idx = getattr(module, "layer_idx", None)
         idx = layer if idx is None else idx
         if q is not None and k is not None:

@@ -50,8 +50,8 @@ def recompute_snapshot(run: Path, log=print) -> None:
     from .snapshot import RunSnapshot
 
     cfg = read_config(run)
-    if not (run / "delta.safetensors").is_file():
-        raise UserError(f"{run} has no delta.safetensors (evaluation-only or --no-save run); drop --with-model")
+    if not (run / "delta.safetensors").is_file() and not (run / "adapter").is_dir():
+        raise UserError(f"{run} has no trained weights (evaluation-only or --no-save run); drop --with-model")
     log(f"loading {cfg.model.model} and the first test prompt of {cfg.data.dataset}")
     model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype)
     builder, dataset = _builder(cfg, tokenizer)
@@ -194,7 +194,7 @@ def interpolate_runs(
     import numpy as np
 
     from .figures import interpolation_figure
-    from .interpolation import interpolation_grid, read_delta
+    from .interpolation import check_trained, interpolation_grid, run_weights
 
     run_a, run_b = Path(run_a), Path(run_b)
     for run in (run_a, run_b):
@@ -208,12 +208,14 @@ def interpolate_runs(
         raise UserError(f"--test-samples must be at least 1, got {test_samples}")
     if not span[0] < span[1]:
         raise UserError(f"--range needs LOW < HIGH, got {span[0]} {span[1]}")
-    theta_a, theta_b = read_delta(run_a), read_delta(run_b)
+    check_trained(run_a)
+    check_trained(run_b)
     out = Path(output) if output else run_b.parent / f"interpolate-{run_a.name}-{run_b.name}"
     if (out / "interpolation.json").exists():
         raise UserError(f"{out} already holds an interpolation.json; pick another --output")
     coords = np.linspace(span[0], span[1], grid).tolist()
     model, prompts, label_ids, pad, num_classes, dataset = loader(cfg_a, test_samples)
+    theta_a, theta_b = run_weights(model, run_a), run_weights(model, run_b)
     log(f"{grid}x{grid} grid on {len(prompts)} test prompts of {dataset}")
     result = interpolation_grid(model, prompts, label_ids, pad, num_classes, theta_a, theta_b, coords, batch_size, log)
     labels = {}

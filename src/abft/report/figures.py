@@ -189,7 +189,8 @@ def qk_shift_figure(shift: dict) -> bytes:
     return _png(fig)
 
 
-SCORE_WORDS = ("accuracy", "f1", "consistency", "likelihood")
+SCORE_WORDS = ("accuracy", "consistency")
+MAX_BARS = 30
 
 
 def flatten(obj, prefix: str = "") -> dict:
@@ -207,18 +208,18 @@ def _number(value) -> bool:
 
 
 def score_pairs(metrics: dict) -> list[tuple[str, float | None, float | None]]:
-    """(metric, before, after) for every score-like metric (accuracy, F1, consistency, likelihood)."""
+    """(metric, before, after) for every accuracy / consistency in [0, 1] of every protocol (no slopes)."""
     before, after = flatten(metrics.get("before", {})), flatten(metrics.get("after", {}))
     keys = list(before) + [k for k in after if k not in before]
     out = []
     for key in keys:
         last = key.rsplit(".", 1)[-1]
-        if not any(word in last for word in SCORE_WORDS):
+        if not any(word in last for word in SCORE_WORDS) or "slope" in key:
             continue
-        b, a = before.get(key), after.get(key)
-        if _number(b) or _number(a):
-            out.append((key, b if _number(b) else None, a if _number(a) else None))
-    return out
+        b, a = (v if _number(v) and 0 <= v <= 1 else None for v in (before.get(key), after.get(key)))
+        if b is not None or a is not None:
+            out.append((key, b, a))
+    return out[:MAX_BARS]
 
 
 def accuracy_figure(metrics: dict) -> bytes | None:
@@ -228,20 +229,22 @@ def accuracy_figure(metrics: dict) -> bytes | None:
     fig = _new("accuracy")
     ax = fig.subplots()
     x = np.arange(len(pairs))
-    width = 0.4
     before = [b if b is not None else np.nan for _, b, _ in pairs]
     after = [a if a is not None else np.nan for _, _, a in pairs]
-    bars_b = ax.bar(x - width / 2, before, width, label="before", color="tab:gray")
-    bars_a = ax.bar(x + width / 2, after, width, label="after", color="tab:blue")
-    for bars in (bars_b, bars_a):
-        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+    sides = [(before, "before", "tab:gray"), (after, "after", "tab:blue")]
+    sides = [side for side in sides if not np.isnan(side[0]).all()]
+    width = 0.8 / len(sides)
+    for i, (values, label, color) in enumerate(sides):
+        bars = ax.bar(x + (i - (len(sides) - 1) / 2) * width, values, width, label=label, color=color)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7 if len(pairs) <= 12 else 5, padding=1)
     ax.set_xticks(x)
     rotation = 30 if len(pairs) > 4 else 0
     ax.set_xticklabels([k for k, _, _ in pairs], rotation=rotation, ha="right" if rotation else "center", fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"{metrics.get('dataset', '')}: scores before and after training", parse_math=False)
+    when = "before and after training" if "after" in metrics else "(no training)"
+    ax.set_title(f"{metrics.get('dataset', '')}: accuracy and consistency {when}", parse_math=False)
     return _png(fig)
 
 
@@ -279,7 +282,8 @@ def run_figures(run_dir: str | Path) -> list[Figure]:
     out: list[Figure] = []
     png = accuracy_figure(metrics)
     if png:
-        out.append(Figure("accuracy", "Scores before and after", "From metrics.json (every score-like metric).", png))
+        caption = "Every accuracy and consistency in metrics.json (all protocols); the full list is in the table."
+        out.append(Figure("accuracy", "Accuracy before and after", caption, png))
     if "before" in heads and "after" in heads:
         out.append(
             Figure(

@@ -3,7 +3,8 @@
     result = interpolation_grid(model, prompts, label_ids, pad_id, n_classes, theta_a, theta_b, coords)
 
 θ_A and θ_B are the W_Q/W_K tensors saved in two runs' delta.safetensors (values, keyed as in
-models.params.trained_tensors); a tensor one run did not train (e.g. a bias) is θ0 there. Each grid point
+models.params.trained_tensors) or their LoRA adapters merged into the base (run_weights); a tensor one run
+did not train (e.g. a bias) is θ0 there. Each grid point
 is computed as (1 - a - b) θ0 + a θ_A + b θ_B in float64, so (0,0), (1,0), (0,1) give θ0, θ_A, θ_B exactly.
 The model is restored to θ0 afterwards.
 """
@@ -33,6 +34,15 @@ def _targets(model, slices: Sequence[QKSlice]) -> dict[str, torch.Tensor]:
     return out
 
 
+def check_trained(run: str | Path) -> None:
+    """UserError unless `run` holds trained weights (delta.safetensors or a LoRA adapter/)."""
+    from ..models.lora import ADAPTER_DIR
+
+    run = Path(run)
+    if not (run / "delta.safetensors").is_file() and not (run / ADAPTER_DIR).is_dir():
+        raise UserError(f"no trained weights in {run} (a run with --no-save cannot be interpolated)")
+
+
 def read_delta(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():
@@ -41,6 +51,24 @@ def read_delta(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"no trained weights at {path} (a run with --no-save cannot be interpolated)")
     with safe_open(str(path), framework="pt") as f:
         return {key: f.get_tensor(key) for key in f.keys()}
+
+
+@torch.no_grad()
+def run_weights(model, run: str | Path) -> dict[str, torch.Tensor]:
+    """θ of a run on its base `model`: delta.safetensors as saved, or a LoRA adapter merged (then undone)."""
+    from ..models.params import load_delta
+
+    run = Path(run)
+    if (run / "delta.safetensors").is_file():
+        return read_delta(run)
+    check_trained(run)
+    slices = find_qk_slices(model)
+    base = {key: value.clone() for key, value in trained_tensors(model, slices).items()}
+    load_delta(model, run)  # merges the adapter into W_Q/W_K in place
+    theta = {key: value.clone() for key, value in trained_tensors(model, slices).items()}
+    for key, target in _targets(model, slices).items():
+        target.copy_(base[key].to(target.dtype))
+    return theta
 
 
 @torch.no_grad()

@@ -1,0 +1,203 @@
+"""Data-parallel training and evaluation over several processes (`torchrun`, `accelerate launch`).
+
+    distributed.init()                        # every process; joins the launcher's group (WORLD_SIZE > 1)
+    mine = distributed.shard(chunk)           # this process's share of a pseudo-batch: chunk[rank::world]
+    distributed.sync_gradients(params)        # .grad summed over processes (the single-process gradient)
+    loss, heads = distributed.sum_floats(loss, heads)   # global sums of per-process numbers
+    probs = distributed.gather_rows(local, n)  # rows scored by every process, back in the original order
+    out = distributed.open_run_dir(create)    # main process: create(); the others: a private scratch dir
+
+Every process builds the same deterministic schedule (train.schedule) and takes its share of each
+step's prompt indices; the loss is already divided by the global pseudo-batch size, so summed
+gradients equal the one-process gradient and every process takes the same Adam step on the same
+weights. Only the main process writes the run directory and shows progress bars; the others write
+into a scratch directory that is deleted at exit, so the protocol code needs no rank checks.
+
+Process groups come from accelerate's PartialState (nccl on CUDA, gloo on CPU). Under one process
+every function is the identity. FSDP / DeepSpeed are refused (see `init`): each process holds a whole
+model copy here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import progress
+from .errors import UserError
+
+BUCKET = 1 << 24  # elements per gradient all-reduce
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if _active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if _active() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init() -> None:
+    """Join the process group a launcher describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR, ...)."""
+    if _active() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    for key, engine in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(key, "").lower() in {"1", "true"}:
+            raise UserError(
+                f"{engine} is not supported: abft trains data-parallel with one whole model per process. "
+                "For a model that does not fit one GPU use --quantized (4-bit base + LoRA); "
+                "launch with a plain multi-GPU accelerate config (see README, 'Scaling up')"
+            )
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available())  # nccl with GPUs, gloo on CPU
+    if not _active():
+        raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but no process group could be set up")
+    progress.set_enabled(is_main())
+    atexit.register(_shutdown)
+
+
+def _shutdown() -> None:
+    if _active():
+        dist.destroy_process_group()
+
+
+def device() -> str | None:
+    """This process's device under a launcher with GPUs (cuda:<local rank>); None otherwise."""
+    if _active() and torch.cuda.is_available():
+        from accelerate import PartialState
+
+        return str(PartialState().device)
+    return None
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def shard(items: Sequence) -> list:
+    """This process's share of `items`: every world_size-th item from its rank (lengths differ by at most 1)."""
+    return list(items[rank() :: world_size()])
+
+
+def sum_floats(*values: float) -> tuple[float, ...]:
+    """Sums over processes of per-process numbers (float64)."""
+    if world_size() == 1:
+        return tuple(float(v) for v in values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(tensor)
+    return tuple(tensor.tolist())
+
+
+def broadcast_params(params: Sequence[torch.Tensor]) -> None:
+    """Give every process the main process's values (e.g. LoRA's random initialisation)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def sync_gradients(params: Sequence[torch.Tensor]) -> None:
+    """Sum `.grad` over processes in place. A gradient that no process has stays None (Adam skips it);
+    one that only some processes have is zero elsewhere, as on one process."""
+    if world_size() == 1:
+        return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=_comm_device())
+    dist.all_reduce(has)
+    grads = []
+    for p, flag in zip(params, has.tolist(), strict=True):
+        if flag:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    for group in groups.values():
+        start = 0
+        while start < len(group):
+            stop, size = start, 0
+            while stop < len(group) and (stop == start or size + group[stop].numel() <= BUCKET):
+                size += group[stop].numel()
+                stop += 1
+            bucket = group[start:stop]
+            flat = torch.cat([t.reshape(-1) for t in bucket])
+            dist.all_reduce(flat)
+            offset = 0
+            for t in bucket:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+            start = stop
+
+
+def broadcast_object(obj):
+    """The main process's `obj` on every process (picklable objects)."""
+    if world_size() == 1:
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_rows(local: np.ndarray, n: int) -> np.ndarray:
+    """Reassemble (n, ...) rows of which each process computed its `shard(range(n))`, in the original order."""
+    world = world_size()
+    if world == 1:
+        return local
+    size = -(-n // world)
+    buf = torch.zeros((size, *local.shape[1:]), dtype=torch.from_numpy(local[:0]).dtype, device=_comm_device())
+    buf[: len(local)] = torch.from_numpy(np.ascontiguousarray(local)).to(buf.device)
+    parts = [torch.empty_like(buf) for _ in range(world)]
+    dist.all_gather(parts, buf)
+    out = np.empty((n, *local.shape[1:]), dtype=local.dtype)
+    for r, part in enumerate(parts):
+        out[r::world] = part[: len(range(r, n, world))].cpu().numpy()
+    return out
+
+
+def open_run_dir(create: Callable):
+    """The main process's run directory; the others get a scratch RunDir (deleted at exit).
+
+    An error on the main process (e.g. the directory holds a finished run) is raised on every process.
+    """
+    if world_size() == 1:
+        return create()
+    from .rundir import RunDir
+
+    out, error = None, None
+    if is_main():
+        try:
+            out = create()
+        except UserError as exc:
+            error = str(exc)
+    error = broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+    if out is None:
+        scratch = Path(tempfile.mkdtemp(prefix=f"abft-rank{rank()}-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        out = RunDir(scratch)
+        out.set_state("running")
+    return out
+
+
+def main_only(fn: Callable) -> Callable:
+    """`fn` on the main process, a no-op elsewhere (log lines)."""
+    return fn if is_main() else (lambda *args, **kwargs: None)

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean chromium
 
 setup: $(STAMP)
 
@@ -23,8 +23,14 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/abft run --model smollm2-135m --dataset sst2
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q tests
+
+# The report test renders report.html in headless Chromium (Debian package); it skips where none can be had.
+chromium:
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)) || \
+		echo "chromium not installed: the browser test will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

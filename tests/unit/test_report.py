@@ -330,3 +330,27 @@ def test_accuracy_figure_takes_every_protocols_accuracy_but_no_slopes():
     ]
     assert png_size(figures.accuracy_figure(metrics)) == figures.pixel_size("accuracy")
     assert figures.accuracy_figure({"before": {"ece": 0.1}}) is None
+
+
+def test_interpolation_reads_a_lora_run_as_merged_weights(tmp_path):
+    from abft.models.lora import add_lora
+    from abft.models.params import save_trained
+    from abft.report.interpolation import run_weights
+
+    trained = add_lora(tiny_llama(attn_implementation="sdpa"), r=2)
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1)
+    effective = trained_tensors(trained, find_qk_slices(trained))  # base + B A, keyed by the wrapped names
+    expected = {k.replace(".base_layer", ""): v for k, v in effective.items()}
+    save_trained(trained, tmp_path)
+    base = tiny_llama(attn_implementation="sdpa")
+    before = {k: v.clone() for k, v in trained_tensors(base, find_qk_slices(base)).items()}
+    theta = run_weights(base, tmp_path)
+    assert set(theta) == set(expected)
+    for key in expected:
+        torch.testing.assert_close(theta[key], expected[key], atol=1e-6, rtol=0)
+    after = trained_tensors(base, find_qk_slices(base))
+    assert all(torch.equal(after[k], before[k]) for k in before)  # the base is given back unchanged
+    assert any(not torch.equal(theta[k], before[k]) for k in before)

@@ -46,7 +46,7 @@ def _build(model_cls, config, attn_implementation: str, seed: int):
     return model.eval()
 
 
-def tiny_llama(attn_implementation: str = "eager", seed: int = 0, **overrides):
+def _llama_like_fields(overrides: dict) -> dict:
     fields = dict(
         vocab_size=VOCAB_SIZE,
         hidden_size=HIDDEN,
@@ -62,26 +62,15 @@ def tiny_llama(attn_implementation: str = "eager", seed: int = 0, **overrides):
         tie_word_embeddings=True,
     )
     fields.update(overrides)
-    return _build(LlamaForCausalLM, LlamaConfig(**fields), attn_implementation, seed)
+    return fields
+
+
+def tiny_llama(attn_implementation: str = "eager", seed: int = 0, **overrides):
+    return _build(LlamaForCausalLM, LlamaConfig(**_llama_like_fields(overrides)), attn_implementation, seed)
 
 
 def tiny_qwen2(attn_implementation: str = "eager", seed: int = 0, **overrides):
-    fields = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=NUM_HEADS,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=0.2,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=True,
-    )
-    fields.update(overrides)
-    return _build(Qwen2ForCausalLM, Qwen2Config(**fields), attn_implementation, seed)
+    return _build(Qwen2ForCausalLM, Qwen2Config(**_llama_like_fields(overrides)), attn_implementation, seed)
 
 
 def tiny_gemma3(attn_implementation: str = "eager", seed: int = 0, **overrides):

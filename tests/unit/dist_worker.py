@@ -1,0 +1,52 @@
+"""One process of the multi-process tests (tests/unit/test_distributed.py), started by torchrun.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 dist_worker.py MODEL_DIR OUT [ABFT FLAGS...]
+
+1. `abft run` through the real CLI on MODEL_DIR with the given flags, output OUT/run;
+2. train() on synthetic prompts with the penalty controller active and LoRA (TRAIN_CFG below); the main
+   process saves the effective W_Q/W_K and the step records to OUT/train.pt.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import torch  # noqa: E402
+from fake_prompts import LABEL_TOKENS, fake_prompts  # noqa: E402
+from tiny_models import tiny_llama  # noqa: E402
+
+from abft import distributed  # noqa: E402
+from abft.cli import main  # noqa: E402
+from abft.config import TrainConfig  # noqa: E402
+from abft.models.params import find_qk_slices, trained_tensors  # noqa: E402
+from abft.train import train  # noqa: E402
+
+# 10 prompts in pseudo-batches of 4 (the last step has 2: uneven shares); the head filter on, so the
+# head count varies per example and the PID's A moves; micro-batches of 1: no padding differences.
+TRAIN_CFG = dict(
+    lr=1e-3, pseudo_batch_size=4, micro_batch_size=1, epochs=2, pid=(1.0, 0.5, 0.5), lora_r=4, lora_alpha=8.0
+)
+
+
+def train_synthetic(seed: int = 0):
+    torch.manual_seed(seed)
+    model = tiny_llama("sdpa")
+    records = train(model, fake_prompts(10, k=4), TrainConfig(**TRAIN_CFG), pad_id=0, label_token_ids=LABEL_TOKENS)
+    return {"tensors": trained_tensors(model, find_qk_slices(model)), "records": [r.as_dict() for r in records]}
+
+
+def no_report(path):
+    return Path(path) / "report.html"
+
+
+if __name__ == "__main__":
+    import abft.report.html
+
+    abft.report.html.write_report = no_report  # figures cost seconds and are tested elsewhere
+    model_dir, out = sys.argv[1], Path(sys.argv[2])
+    status = main(["run", "--model", model_dir, *sys.argv[3:], "--output", str(out / "run")])
+    result = train_synthetic()
+    if distributed.is_main():
+        torch.save(result, out / "train.pt")
+    sys.exit(status)

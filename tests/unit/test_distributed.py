@@ -1,0 +1,108 @@
+"""Two processes (torchrun, gloo on CPU) against one: the same trained tensors, records and metrics.
+
+One torchrun launch (tests/unit/dist_worker.py) runs the real `abft run` CLI on a tiny random Llama saved
+with the word-level test tokenizer, then train() with LoRA and the PID controller on synthetic prompts;
+the same two things run here in one process. Micro-batches of one prompt, so the two sides differ only in
+the order gradients are summed (fp32 rounding), not in padding.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from dist_worker import no_report, train_synthetic
+from safetensors.torch import load_file
+from tiny_models import tiny_llama
+
+from abft.cli import main
+
+HERE = Path(__file__).parent
+FLAGS = ["--dataset", "sst2", "--k", "2", "--train-samples", "12", "--pseudo-batch-size", "8", "--epochs", "1"]
+FLAGS += ["--micro-batch-size", "1", "--test-samples", "10", "--eval-batch-size", "4", "--lr", "1e-3"]
+FLAGS += ["--no-head-filter", "--wrong-label-penalty", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tiny_tokenizer = pytest.importorskip("tiny_tokenizer")
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama(attn_implementation="sdpa", max_position_embeddings=512).save_pretrained(path)
+    tiny_tokenizer.word_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two(model_dir, tmp_path_factory):
+    """The two-process results: OUT/run (the run directory), OUT/train.pt, stdout, and the scratch TMPDIR."""
+    out, scratch = tmp_path_factory.mktemp("two"), tmp_path_factory.mktemp("tmpdir")
+    env = {**os.environ, "ABFT_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent / "src"), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += [str(HERE / "dist_worker.py"), str(model_dir), str(out), *FLAGS]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"out": out, "stdout": result.stdout, "scratch": scratch}
+
+
+@pytest.fixture(scope="module")
+def one(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("abft.report.html.write_report", no_report)
+        assert main(["run", "--model", str(model_dir), *FLAGS, "--output", str(out / "run")]) == 0
+    return {"out": out, "train": train_synthetic()}
+
+
+def _close(a, b, tol):
+    """Same keys and structure; numbers equal within `tol` (ints and strings exactly)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        return all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        assert len(a) == len(b)
+        return all(_close(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        assert abs(a - b) <= tol, (a, b)
+        return True
+    assert a == b
+    return True
+
+
+def test_run_directory_delta_and_metrics_equal_one_process(one, two):
+    a, b = one["out"] / "run", two["out"] / "run"
+    da, db = load_file(str(a / "delta.safetensors")), load_file(str(b / "delta.safetensors"))
+    assert da.keys() == db.keys()
+    assert max(float((da[k] - db[k]).abs().max()) for k in da) < 1e-5
+    base = tiny_llama("sdpa").state_dict()
+    moved = max(float((db[k] - base[k.split("@")[0]][: db[k].shape[0]]).abs().max()) for k in db if "q_proj" in k)
+    assert moved > 1e-4  # training happened, so equality is not trivial
+    _close(json.loads((a / "metrics.json").read_text()), json.loads((b / "metrics.json").read_text()), 1e-6)
+    log_a = [json.loads(line) for line in (a / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(line) for line in (b / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_b] == [1, 2]  # one line per step: written by one process only
+    for ra, rb in zip(log_a, log_b, strict=True):
+        assert ra["examples"] == rb["examples"] == [8, 4][ra["step"] - 1]  # the global pseudo-batch
+        for key in ("loss", "heads", "penalty", "grad_norm"):
+            assert abs(ra[key] - rb[key]) <= 1e-5 * max(1.0, abs(ra[key])), key
+
+
+def test_only_the_main_process_writes_and_logs(two):
+    run = two["out"] / "run"
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert two["stdout"].count("before: accuracy") == 1 and two["stdout"].count("after: accuracy") == 1
+    assert not list(two["scratch"].glob("abft-rank*"))  # the other process's scratch run directory is gone
+
+
+def test_lora_pid_training_equals_one_process(one, two):
+    a, b = one["train"], torch.load(two["out"] / "train.pt")
+    assert max(float((a["tensors"][k] - b["tensors"][k]).abs().max()) for k in a["tensors"]) < 1e-5
+    ra, rb = a["records"], b["records"]
+    assert [r["examples"] for r in rb] == [4, 4, 2, 4, 4, 2]
+    assert len({r["penalty"] for r in rb}) > 1  # the PID moved A: it saw the global head counts
+    for x, y in zip(ra, rb, strict=True):
+        for key in ("loss", "heads", "penalty", "grad_norm"):
+            assert abs(x[key] - y[key]) <= 1e-5 * max(1.0, abs(x[key])), (x["step"], key)

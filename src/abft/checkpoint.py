@@ -21,11 +21,15 @@ def save_checkpoint(directory: Path, state: dict) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{FILE}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / FILE)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / FILE)
+    except BaseException:  # disk full...: keep the previous checkpoint, not a half-written one
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(directory: Path) -> dict | None:
@@ -33,6 +37,6 @@ def load_checkpoint(directory: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data: no code runs
     except Exception as exc:  # a checkpoint we wrote atomically should never be torn; say so if it is
         raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it to start over") from exc

@@ -103,6 +103,23 @@ class EvalConfig:
     calibration: bool = opt(
         False, "contextual calibration baseline (Zhao et al. 2021): content-free queries in the same test prompts"
     )
+    mauve_test: bool = opt(
+        False,
+        "MAUVE of generated vs reference continuations of prefixes (built in: the dataset's test texts cut in "
+        "half), features from the base model; needs pip install 'abft[mauve]'",
+    )
+    mauve_prefix: str | None = opt(
+        None,
+        'prefix file for the MAUVE test (implies --mauve-test): .jsonl of {"prefix", "reference" (optional)}, '
+        "or plain text lines cut in half by words",
+    )
+    mauve_samples: int = opt(128, "MAUVE prefixes (the first N of the built-in set or of --mauve-prefix)")
+    mauve_max_new_tokens: int = opt(32, "MAUVE: tokens generated per prefix at most (also cut at EOS / newline)")
+    mauve_decoding: str = opt(
+        "sample",
+        "MAUVE generation: sample (nucleus top-p 0.95, seeded by --seed) or greedy",
+        choices=["sample", "greedy"],
+    )
 
 
 @dataclass

@@ -17,11 +17,15 @@ from .errors import UserError
 def atomic_write(path: Path, data: bytes | str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, killed...: leave the previous file, not a half-written one
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class RunDir:
@@ -29,13 +33,25 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
+    def check_available(cls, path: str | Path, overwrite: bool = False) -> None:
+        """Fail early (before any expensive work) when `create` would refuse `path`."""
         run = cls(Path(path))
         state = run.state()
         if state is not None and not overwrite:
             raise UserError(f"{run.path} already holds a {state} run; pick another --output or pass --overwrite")
-        if run.path.exists() and state is None and any(run.path.iterdir()):
+        if run.path.exists() and state is None and (not run.path.is_dir() or any(run.path.iterdir())):
             raise UserError(f"{run.path} exists and is not an abft run directory; pick another --output")
+        parent = next((p for p in (run.path, *run.path.parents) if p.exists()), None)  # the nearest that exists
+        if parent is not None and not parent.is_dir():
+            raise UserError(f"cannot create {run.path}: {parent} is a file, not a directory; pick another --output")
+        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"cannot create {run.path}: {parent} is not writable; pick another --output")
+
+    @classmethod
+    def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
+        cls.check_available(path, overwrite)
+        run = cls(Path(path))
+        existed = run.path.exists()
         try:
             run.path.mkdir(parents=True, exist_ok=True)
             stale_files = ("train_log.jsonl", "metrics.json", "delta.safetensors", "heads.json", "report.html")
@@ -45,7 +61,11 @@ class RunDir:
                 shutil.rmtree(run.path / stale_dir, ignore_errors=True)
             run.set_state("running")
         except OSError as exc:
-            raise UserError(f"cannot write to {run.path}: {exc.strerror}") from exc
+            if not existed:  # leave nothing behind
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise UserError(
+                f"cannot write to {run.path}: {exc.strerror}; free disk space or pick another --output"
+            ) from exc
         return run
 
     @classmethod
@@ -81,6 +101,14 @@ class RunDir:
     def append_jsonl(self, name: str, record: dict) -> None:
         with open(self.path / name, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def remove_temporaries(self) -> None:
+        """Delete the temporary files of interrupted atomic writes (.<name>.tmp), e.g. after a full disk."""
+        for tmp in self.path.rglob(".*.tmp"):
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
 
     def file(self, name: str) -> Path:
         return self.path / name

@@ -7,7 +7,9 @@ metrics = run(cfg, train=False)     # what `abft evaluate` does
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from .config import RunConfig
 from .data import PromptBuilder, default_template, load_dataset, test_pairs, train_pairs
 from .errors import UserError
 from .evaluation import evaluate_prompts, suites
+from .evaluation import mauve as mauve_eval
 from .heads import head_statistics, heads_summary
 from .models import load_model
 from .models.lora import add_lora
@@ -77,6 +80,9 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
         cfg.train.lora_r = 16  # a 4-bit base is trained through an adapter; the paper's rank
         log("note: --quantized trains LoRA adapters; --lora-r was not given, so the paper's rank 16 is used")
     _validate(cfg, train)
+    if not resume_run:
+        cfg.output = str(cfg.output or default_output(cfg, train))
+        RunDir.check_available(cfg.output, overwrite)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     job = _prepare(cfg, train)
@@ -87,10 +93,17 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
         out = distributed.open_run_dir(lambda: RunDir.create(cfg.output or default_output(cfg, train), overwrite))
     try:
         metrics = _run(cfg, job, out, log)
+        out.set_state("finished")
     except BaseException as exc:
-        out.set_state("failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        error = _write_error(exc, out.path) or exc
+        try:  # best effort: on a full disk even status.json may not be writable
+            out.set_state("failed", error=str(error).splitlines()[0] if str(error) else type(error).__name__)
+        except OSError:
+            pass
+        out.remove_temporaries()
+        if error is not exc:
+            raise error from exc
         raise
-    out.set_state("finished")
     if not distributed.is_main():  # the others wrote into a scratch directory
         return metrics
     from .report.html import write_report  # matplotlib loads here only
@@ -111,10 +124,17 @@ class _Job:
     test: list
     train: list | None
     timings: dict
+    mauve: object = None  # evaluation.mauve.MauveTest with --mauve-test / --mauve-prefix
 
 
 def _prepare(cfg: RunConfig, train: bool) -> _Job:
     dataset = load_data(cfg.data.dataset)
+    pool = len(dataset.demonstration)
+    if cfg.data.k > pool:  # StaICC would repeat demonstrations within a prompt; refuse instead
+        raise UserError(
+            f"--k {cfg.data.k} is larger than the demonstration pool of '{dataset.info.name}' ({pool} rows); "
+            "lower --k or use a larger dataset"
+        )
     model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype, cfg.model.quantized)
     if train and cfg.train.lora_r:  # before anything reads W_Q/W_K (the report's snapshot)
         add_lora(model, cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
@@ -128,10 +148,18 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     for prompts in (test, train_prompts or []):
         _check_context(model, prompts)
     suites.check_suites(model, tokenizer, dataset, cfg)  # --test-type template/demo, --bias-test, ...
-    return _Job(dataset, model, tokenizer, builder, test, train_prompts, {})
+    mauve = mauve_eval.prepare(model, tokenizer, dataset, cfg, train)  # before training: keeps base W_Q/W_K
+    return _Job(dataset, model, tokenizer, builder, test, train_prompts, {}, mauve)
 
 
 def _validate(cfg: RunConfig, train: bool) -> None:
+    if cfg.model.device:
+        try:
+            device = torch.device(cfg.model.device)
+        except RuntimeError:
+            raise UserError(f"unknown --device {cfg.model.device!r}; use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {cfg.model.device}: no CUDA GPU is available here; use --device cpu")
     checks = [
         ("--k", cfg.data.k, 0),
         ("--test-samples", cfg.data.test_samples, 1),
@@ -143,9 +171,17 @@ def _validate(cfg: RunConfig, train: bool) -> None:
             ("--pseudo-batch-size", cfg.train.pseudo_batch_size, 1),
             ("--micro-batch-size", cfg.train.micro_batch_size, 1),
             ("--epochs", cfg.train.epochs, 1),
+            ("--checkpoint-every", cfg.checkpoint_every, 1),
         ]
-        if not cfg.train.lr > 0:
-            raise UserError(f"--lr must be positive, got {cfg.train.lr}")
+        if not 0 < cfg.train.lr < math.inf:
+            raise UserError(f"--lr must be positive and finite, got {cfg.train.lr}; the paper uses 2e-5")
+        weights = [("--correct-label-reward", cfg.train.reward), ("--wrong-label-penalty", cfg.train.penalty)]
+        weights += [("--p-factor", cfg.train.p_factor)] + [("--pid", gain) for gain in cfg.train.pid]
+        for flag, value in weights:
+            if not 0 <= value < math.inf:
+                raise UserError(f"{flag} must be a finite number >= 0, got {value}")
+        if cfg.train.lora_r and not 0 < cfg.train.lora_alpha < math.inf:
+            raise UserError(f"--lora-alpha must be positive, got {cfg.train.lora_alpha}")
         if cfg.train.lora_r < 0:
             raise UserError(f"--lora-r must be 0 (off) or positive, got {cfg.train.lora_r}")
         if cfg.train.lora_r and cfg.train.restricted_gradient:
@@ -190,6 +226,8 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
         result.update(
             suites.run_suites(model, tokenizer, job.dataset, cfg, cache=cache, stage=stage, log=log, timings=timings)
         )
+        if job.mauve is not None:
+            result["mauve"] = job.mauve.run(model, stage, out.path, log=log, timings=timings)
         out.write_json("metrics.json", metrics)
         out.write_json("timings.json", timings)
 
@@ -246,6 +284,19 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     out.write_json("metrics.json", metrics)
     out.write_json("timings.json", timings)
     return metrics
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _write_error(exc: BaseException, run_dir: Path) -> UserError | None:
+    """A full disk or a directory that became unwritable during the run, as a UserError naming the fix."""
+    if not isinstance(exc, OSError) or exc.errno not in _WRITE_ERRNOS:
+        return None
+    return UserError(
+        f"cannot write {exc.filename or run_dir}: {exc.strerror}; free disk space (or fix the permissions), then "
+        f"continue with `abft run --resume {run_dir}`"
+    )
 
 
 def _check_context(model, prompts) -> None:

@@ -38,6 +38,7 @@ def test_run_writes_the_run_directory(run_dir):
         "heads.json",
         "delta.safetensors",
         "status.json",
+        "report.html",
         "timings.json",
     } <= names
     assert not [n for n in names if n.endswith(".tmp")]

@@ -3,7 +3,7 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 dist_worker.py MODEL_DIR OUT [ABFT FLAGS...]
 
 1. `abft run` through the real CLI on MODEL_DIR with the given flags, output OUT/run;
-2. train() on synthetic prompts with the penalty controller active and LoRA (TRAIN_CFG below); the main
+2. train() on synthetic prompts: E2E through LoRA, the PID controller active (TRAIN_CFG below); the main
    process saves the effective W_Q/W_K and the step records to OUT/train.pt.
 """
 
@@ -22,10 +22,19 @@ from abft.config import TrainConfig  # noqa: E402
 from abft.models.params import find_qk_slices, trained_tensors  # noqa: E402
 from abft.train import train  # noqa: E402
 
-# 10 prompts in pseudo-batches of 4 (the last step has 2: uneven shares); the head filter on, so the
-# head count varies per example and the PID's A moves; micro-batches of 1: no padding differences.
+# E2E through LoRA adapters: every example has a gradient, so a process that skipped the gradient sum
+# would step differently. 10 prompts in pseudo-batches of 4 (the last has 2: uneven shares); the head
+# filter stays on, so the head count varies by example and the PID's A moves with the global count.
+# Micro-batches of 1 prompt: no padding differences between the two sides.
 TRAIN_CFG = dict(
-    lr=1e-3, pseudo_batch_size=4, micro_batch_size=1, epochs=2, pid=(1.0, 0.5, 0.5), lora_r=4, lora_alpha=8.0
+    method="e2e",
+    lr=1e-3,
+    pseudo_batch_size=4,
+    micro_batch_size=1,
+    epochs=2,
+    pid=(1.0, 0.5, 0.5),
+    lora_r=4,
+    lora_alpha=8.0,
 )
 
 

@@ -1,7 +1,7 @@
 """Two processes (torchrun, gloo on CPU) against one: the same trained tensors, records and metrics.
 
 One torchrun launch (tests/unit/dist_worker.py) runs the real `abft run` CLI on a tiny random Llama saved
-with the word-level test tokenizer, then train() with LoRA and the PID controller on synthetic prompts;
+with the word-level test tokenizer, then train() (E2E through LoRA, PID controller) on synthetic prompts;
 the same two things run here in one process. Micro-batches of one prompt, so the two sides differ only in
 the order gradients are summed (fp32 rounding), not in padding.
 """
@@ -104,5 +104,5 @@ def test_lora_pid_training_equals_one_process(one, two):
     assert [r["examples"] for r in rb] == [4, 4, 2, 4, 4, 2]
     assert len({r["penalty"] for r in rb}) > 1  # the PID moved A: it saw the global head counts
     for x, y in zip(ra, rb, strict=True):
-        for key in ("loss", "heads", "penalty", "grad_norm"):
+        for key in ("loss", "heads", "penalty", "grad_norm", "train_accuracy"):
             assert abs(x[key] - y[key]) <= 1e-5 * max(1.0, abs(x[key])), (x["step"], key)

@@ -100,22 +100,31 @@ def _converted(gguf: Path) -> Path:
     try:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise UserError(f"cannot read GGUF file {gguf}: {exc}".splitlines()[0]) from exc
+    except Exception as exc:  # garbage or a truncated file: OSError, ValueError, struct.error, KeyError...
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(
+            f"cannot read GGUF file {gguf} ({type(exc).__name__}: {detail}); the file is damaged or not a GGUF "
+            "model: download it again"
+        ) from exc
     # save_pretrained refuses a model that still looks quantised; the weights are already fp32.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "config.json").is_file():  # another process may have won the race
-            raise
+            raise UserError(
+                f"cannot write the dequantised model to {target.parent} ({exc.strerror}); free disk space or set "
+                "ABFT_CACHE to a writable directory"
+            ) from exc
     return target
 
 
@@ -154,6 +163,35 @@ def quantization_config(device: str, dtype: str | None):
     )
 
 
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub answers (never in offline mode, HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # noqa: BLE001 - offline mode, DNS, connection refused, timeout...
+        return False
+    return True
+
+
+def _load_error(model: str, online: bool, local_only: bool, exc: Exception) -> str:
+    if local_only:
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return (
+                f"model '{model}' is not in the Hugging Face cache and the hub cannot be reached (no network or "
+                "HF_HUB_OFFLINE=1); download it once with a network, or pass a local model directory or .gguf file"
+            )
+    what = "the hub id and your access to it" if online else "that it is a complete model directory"
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    return (
+        f"cannot load model '{model}' ({type(exc).__name__}: {detail}); check {what} (config.json, tokenizer "
+        "files, *.safetensors weights)"
+    )
+
+
 def load_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None, quantized=False):
     """Load (model, tokenizer) in eval mode with all parameters frozen.
 
@@ -176,11 +214,14 @@ def load_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str
     source, online = resolve(model)
     if not online:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    local_only = online and not _hub_reachable()  # the cache only: no minutes of retries without a network
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation="sdpa", **extra)
-    except OSError as exc:
-        raise UserError(f"cannot load model '{model}': {str(exc).splitlines()[0]}") from exc
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        lm = AutoModelForCausalLM.from_pretrained(
+            source, dtype=DTYPES[dtype], attn_implementation="sdpa", local_files_only=local_only, **extra
+        )
+    except Exception as exc:  # a broken directory or download: OSError, SafetensorError, ValueError, JSON errors...
+        raise UserError(_load_error(model, online, local_only, exc)) from exc
     if not quantized:  # a 4-bit model is placed by device_map and cannot be moved
         lm.to(device)
     lm.eval()

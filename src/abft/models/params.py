@@ -242,16 +242,23 @@ def load_delta(model: torch.nn.Module, path: str | Path, slices: Iterable[QKSlic
         by_key[f"{s.param}@{s.kind}"] = (s, s.param, False)
         if s.bias:
             by_key[f"{s.bias}@{s.kind}"] = (s, s.bias, True)
-    with safe_open(str(path), framework="pt") as f:
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as exc:  # SafetensorError / OSError: damaged, truncated or not a safetensors file
+        raise UserError(f"{path} is not a readable safetensors file ({type(exc).__name__}); train it again") from exc
+    with handle as f:
         keys = set(f.keys())
-        if not keys <= set(by_key):
-            extra = sorted(keys - set(by_key))[0]
-            raise UserError(f"{path} does not match this model (it has tensor '{extra}'); load it onto its base model")
+        if keys != set(by_key):
+            extra = sorted(keys - set(by_key))
+            what = f"it has tensor '{extra[0]}'" if extra else f"it lacks tensor '{sorted(set(by_key) - keys)[0]}'"
+            raise UserError(f"{path} does not match this model ({what}); load it onto its base model")
+        for key in sorted(keys):  # every shape first: a mismatch leaves the model unchanged
+            s, name, is_bias = by_key[key]
+            shape, want = tuple(f.get_slice(key).get_shape()), tuple(_select(params[name], s, is_bias).shape)
+            if shape != want:
+                raise UserError(f"{path}: '{key}' has shape {shape}, the model {want}; load it onto its base model")
         with torch.no_grad():
             for key in keys:
                 s, name, is_bias = by_key[key]
-                value = f.get_tensor(key)
                 target = _select(params[name].data, s, is_bias)
-                if value.shape != target.shape:
-                    raise UserError(f"{path}: '{key}' has shape {tuple(value.shape)}, the model {tuple(target.shape)}")
-                target.copy_(value.to(target.dtype))
+                target.copy_(f.get_tensor(key).to(target.dtype))

@@ -1,0 +1,119 @@
+"""Continuations of text prefixes, and fixed-size text features, from a causal LM.
+
+    texts = generate_continuations(model, tokenizer, ["The film was"], max_new_tokens=32, decoding="sample", seed=0)
+    feats = text_features(model, tokenizer, ["The film was great"], pooling="last")     # (N, hidden) float32
+
+Generation: batches of left-padded prefixes (in the given order) through `model.generate`; "greedy" is
+argmax decoding, "sample" is nucleus sampling (top-p TOP_P, temperature 1, no top-k) from a torch RNG
+seeded with `seed` inside `torch.random.fork_rng`, so the caller's random state (training's) is untouched
+and the same (prefixes, seed, batch size) always gives the same texts. A continuation stops at EOS, after
+`max_new_tokens`, and (`stop_at_newline`) is cut before its first newline: reference continuations are
+single lines of text.
+
+Features: the final hidden state (after the last norm, `model.base_model`) of each text, at its last token
+("last", what MAUVE's own GPT-2 featuriser uses) or averaged over its tokens ("mean").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+DECODINGS = ("sample", "greedy")
+POOLINGS = ("last", "mean")
+TOP_P = 0.95
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _continuation(tokenizer, prefix_ids: list[int], new_ids: list[int]) -> str:
+    """The decoded text of `new_ids` after the prefix (decoded together, so a leading space survives)."""
+    head = tokenizer.decode(prefix_ids, skip_special_tokens=True)
+    full = tokenizer.decode(prefix_ids + new_ids, skip_special_tokens=True)
+    return full[len(head) :] if full.startswith(head) else tokenizer.decode(new_ids, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def generate_continuations(
+    model,
+    tokenizer,
+    prefixes: Sequence[str],
+    max_new_tokens: int = 32,
+    decoding: str = "sample",
+    seed: int = 0,
+    batch_size: int = 16,
+    stop_at_newline: bool = True,
+) -> tuple[list[str], list[int]]:
+    """(continuation texts, generated token counts) of `prefixes`, in order; see the module docstring."""
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+    device = _device(model)
+    pad = tokenizer.pad_token_id
+    eos = tokenizer.eos_token_id
+    encoded = [tokenizer(p)["input_ids"] for p in prefixes]
+    options: dict = {"max_new_tokens": max_new_tokens, "pad_token_id": pad, "eos_token_id": eos}
+    if decoding == "sample":
+        options.update(do_sample=True, top_p=TOP_P, top_k=0, temperature=1.0)
+    else:
+        options.update(do_sample=False)
+    texts: list[str] = []
+    counts: list[int] = []
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, len(encoded), batch_size):
+            rows = encoded[start : start + batch_size]
+            ids, mask, _ = _left_pad(rows, pad, device)
+            out = model.generate(input_ids=ids, attention_mask=mask, **options)
+            for row, generated in zip(rows, out[:, ids.shape[1] :].tolist(), strict=True):
+                if eos is not None and eos in generated:
+                    generated = generated[: generated.index(eos)]
+                generated = [t for t in generated if t != pad]  # rows finished early are padded
+                text = _continuation(tokenizer, list(row), generated)
+                if stop_at_newline:
+                    text = text.split("\n", 1)[0]
+                texts.append(text.rstrip())
+                counts.append(len(generated))
+    return texts, counts
+
+
+@torch.no_grad()
+def text_features(
+    model, tokenizer, texts: Sequence[str], pooling: str = "last", batch_size: int = 16, max_tokens: int | None = None
+) -> np.ndarray:
+    """(N, hidden) float32: the final hidden state of each text at its last token or averaged (see above)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    device = _device(model)
+    encoded = [tokenizer(t)["input_ids"] or [tokenizer.eos_token_id] for t in texts]
+    if max_tokens:
+        encoded = [row[-max_tokens:] for row in encoded]
+    decoder = model.base_model
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        ids, mask, positions = _left_pad(encoded[start : start + batch_size], tokenizer.pad_token_id, device)
+        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state  # (B, T, H)
+        hidden = hidden.float()
+        if pooling == "last":
+            pooled = hidden[:, -1]  # left padding: every text ends at T-1
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * weights).sum(1) / weights.sum(1)
+        out.append(pooled.cpu().numpy())
+    width = model.config.get_text_config().hidden_size
+    return np.concatenate(out, axis=0) if out else np.zeros((0, width), dtype=np.float32)

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"abft: error: {exc}", file=sys.stderr)
+        print("abft: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("abft: interrupted", file=sys.stderr)

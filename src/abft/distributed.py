@@ -6,6 +6,7 @@
     loss, heads = distributed.sum_floats(loss, heads)   # global sums of per-process numbers
     probs = distributed.gather_rows(local, n)  # rows scored by every process, back in the original order
     out = distributed.open_run_dir(create)    # main process: create(); the others: a private scratch dir
+    distributed.on_main(check)                # only the main process runs check(); its UserError stops all
 
 Every process builds the same deterministic schedule (train.schedule) and takes its share of each
 step's prompt indices; the loss is already divided by the global pseudo-batch size, so summed
@@ -172,25 +173,29 @@ def gather_rows(local: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def open_run_dir(create: Callable):
-    """The main process's run directory; the others get a scratch RunDir (deleted at exit).
-
-    An error on the main process (e.g. the directory holds a finished run) is raised on every process.
-    """
+def on_main(fn: Callable):
+    """`fn()` on the main process only (None elsewhere); a UserError it raises is raised on every process,
+    so all of them stop together instead of waiting for each other."""
     if world_size() == 1:
-        return create()
-    from .rundir import RunDir
-
-    out, error = None, None
+        return fn()
+    result, error = None, None
     if is_main():
         try:
-            out = create()
+            result = fn()
         except UserError as exc:
             error = str(exc)
     error = broadcast_object(error)
     if error is not None:
         raise UserError(error)
+    return result
+
+
+def open_run_dir(create: Callable):
+    """The main process's run directory (`create()`); the others get a scratch RunDir (deleted at exit)."""
+    out = on_main(create)
     if out is None:
+        from .rundir import RunDir
+
         scratch = Path(tempfile.mkdtemp(prefix=f"abft-rank{rank()}-"))
         atexit.register(shutil.rmtree, scratch, True)
         out = RunDir(scratch)

@@ -82,7 +82,7 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
     _validate(cfg, train)
     if not resume_run:
         cfg.output = str(cfg.output or default_output(cfg, train))
-        RunDir.check_available(cfg.output, overwrite)
+        distributed.on_main(lambda: RunDir.check_available(cfg.output, overwrite))  # the main process writes it
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     job = _prepare(cfg, train)

@@ -200,3 +200,52 @@ def test_fuzz_malformed_rows(records, words, as_csv):
         content = "\n".join(json.dumps(r) for r in records).encode("utf-8", "surrogatepass")
         suffix = ".jsonl"
     _load_or_user_error(suffix, content, label_words=words)
+
+
+_CSV_PIECES = ["text", "label", "negative", "positive", "w1", "0", "1", "-1", ",", "\t", '"', "'", " ", "\n", "\r\n",
+               "\r", "\ufeff", "\x00", "\u2028", "\u00e9", "\\", "#"]  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    header=st.sampled_from(["text,label\n", "text\tlabel\n", "label,text\n", ""]),
+    body=st.lists(st.sampled_from(_CSV_PIECES), max_size=60).map("".join),
+    suffix=st.sampled_from([".csv", ".tsv"]),
+    words=st.sampled_from([None, ["negative", "positive"], ["0", "1"]]),
+)
+def test_fuzz_csv_structure(header, body, suffix, words):
+    """Quotes, delimiters, line ends, BOMs and NULs in every order: a dataset or one UserError line."""
+    _load_or_user_error(suffix, (header + body).encode("utf-8"), label_words=words)
+
+
+_spec_value = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 30), st.floats(), st.text(max_size=6),
+    st.lists(st.one_of(st.integers(-1, 12), st.text(max_size=8)), max_size=4),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)  # fmt: skip
+_spec_keys = st.sampled_from(["text_column", "label_column", "label_words", "input_prefix", "label_prefix",
+                              "split_sizes", "seed", "path", "colour"])  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spec=st.dictionaries(_spec_keys, _spec_value, max_size=5),
+    path=st.sampled_from(["d.csv", "missing.csv", "spec.yaml", "", None]),
+    as_yaml=st.booleans(),
+)
+def test_fuzz_spec_files(spec, path, as_yaml):
+    """Spec files with values of every type (and paths to a good file, no file, or the spec itself)."""
+    import yaml
+
+    if path is not None:
+        spec["path"] = path
+    with tempfile.TemporaryDirectory() as d:
+        _csv(Path(d) / "d.csv")
+        spec_path = Path(d) / ("spec.yaml" if as_yaml else "spec.json")
+        spec_path.write_text(yaml.safe_dump(spec) if as_yaml else json.dumps(spec, allow_nan=True))
+        try:
+            ds = D.load_user_dataset(spec_path)
+        except UserError as e:
+            assert str(e) and "\n" not in str(e)
+            return
+        _check_dataset(ds)

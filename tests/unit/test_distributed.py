@@ -106,3 +106,15 @@ def test_lora_pid_training_equals_one_process(one, two):
     for x, y in zip(ra, rb, strict=True):
         for key in ("loss", "heads", "penalty", "grad_norm", "train_accuracy"):
             assert abs(x[key] - y[key]) <= 1e-5 * max(1.0, abs(x[key])), (x["step"], key)
+
+
+@pytest.mark.parametrize("key", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_fsdp_and_deepspeed_launches_are_refused_not_ignored(monkeypatch, key):
+    from abft import distributed
+    from abft.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(key, "true")
+    with pytest.raises(UserError, match="not supported: abft trains data-parallel"):
+        distributed.init()
+    assert distributed.world_size() == 1  # nothing was started

@@ -137,7 +137,13 @@ class _NoGlobalsUnpickler(pickle.Unpickler):
     """Builds only primitive objects: every GLOBAL / STACK_GLOBAL / INST / OBJ / EXT lookup fails."""
 
     def find_class(self, module, name):  # noqa: ARG002 - refuse, never import
-        raise _GlobalRefused(f"{module}.{name}")
+        raise _GlobalRefused(_one_line(f"{module}.{name}"))
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """A message fragment from untrusted bytes: whitespace collapsed to single spaces, at most `limit` chars."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def restricted_loads(data: bytes, source: str = "pickle"):
@@ -150,7 +156,10 @@ def restricted_loads(data: bytes, source: str = "pickle"):
             "(pip install --force-reinstall --only-binary=:all: StaICC==0.1.1)"
         ) from None
     except Exception as e:  # any malformed stream: EOFError, UnpicklingError, ValueError, MemoryError...
-        raise UserError(f"{source} is not a readable dataset pickle ({type(e).__name__}: {e})") from None
+        raise UserError(
+            f"{source} is not a readable dataset pickle ({type(e).__name__}: {_one_line(str(e))}); "
+            "reinstall StaICC==0.1.1"
+        ) from None
 
 
 def read_dataset_file(path: str | Path, n_labels: int | None = None) -> list[tuple[str, int]]:

@@ -50,10 +50,11 @@ def default_split_sizes(n_rows: int) -> tuple[int, int, int]:
 def _read_text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8-sig")
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror}); check the path") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        reason = e.strerror if isinstance(e, OSError) else "invalid path"
+        raise UserError(f"cannot read {path} ({reason}); check the path") from None
 
 
 def _parse_structured(path: Path, text: str):
@@ -133,6 +134,8 @@ def _check_spec(spec, base: Path | None) -> dict:
     if "path" in spec:
         if not isinstance(spec["path"], str) or not spec["path"]:
             raise UserError("spec 'path' must be a string naming the data file")
+        if any(ord(c) < 32 for c in spec["path"]):
+            raise UserError(f"spec 'path' {spec['path']!r} contains a control character; name the data file plainly")
         p = Path(spec["path"])
         spec["path"] = p if p.is_absolute() or base is None else base / p
     for key in ("text_column", "label_column", "input_prefix", "label_prefix"):

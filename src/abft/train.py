@@ -166,6 +166,10 @@ def train(
                     )
                 grads = [p.grad.detach().double().norm() for p in params if p.grad is not None]
                 grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
+                if not math.isfinite(grad_norm):  # a finite loss can still have NaN/inf gradients
+                    raise TrainingDiverged(
+                        f"gradients became {grad_norm} at step {step}; the last good checkpoint is kept; lower --lr"
+                    )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 record = StepRecord(

@@ -114,7 +114,9 @@ class EvalConfig:
         "or plain text lines cut in half by words",
     )
     mauve_samples: int = opt(128, "MAUVE prefixes (the first N of the built-in set or of --mauve-prefix)")
-    mauve_max_new_tokens: int = opt(32, "MAUVE: tokens generated per prefix at most (also cut at EOS / newline)")
+    mauve_max_new_tokens: int = opt(
+        32, "MAUVE: new tokens per prefix at most (and at most its reference's length; cut at EOS / newline)"
+    )
     mauve_decoding: str = opt(
         "sample",
         "MAUVE generation: sample (nucleus top-p 0.95, seeded by --seed) or greedy",

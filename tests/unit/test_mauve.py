@@ -100,6 +100,22 @@ def test_generation_is_deterministic_for_a_seed_and_keeps_the_callers_rng(model,
     assert generate_continuations(model, tok, prefixes, 6, "greedy", batch_size=1) == greedy  # left padding is exact
 
 
+def test_per_prefix_limits_match_generating_each_alone(model, tok):
+    prefixes = ["sentence : w1 w2", "w4", "w5 w6 w7 w8 w9", "sentiment :", "w3 w3"]
+    limits = [1, 5, 2, 4, 3]
+    texts, counts = generate_continuations(model, tok, prefixes, 5, "greedy", batch_size=2, limits=limits)
+    assert all(c <= n for c, n in zip(counts, limits, strict=True))
+    for i, (prefix, n) in enumerate(zip(prefixes, limits, strict=True)):
+        alone, _ = generate_continuations(model, tok, [prefix], n, "greedy", batch_size=1)
+        assert alone == [texts[i]]  # results return in input order
+    item = mv.PrefixItem("sentence : w1", "w2 w3 sentiment : positive")  # 5 reference tokens
+    cfg = RunConfig()
+    cfg.eval.mauve_max_new_tokens = 32
+    assert mv.MauveTest(model, tok, [item], "test", cfg, train=False).limits == [5]
+    cfg.eval.mauve_max_new_tokens = 3
+    assert mv.MauveTest(model, tok, [item, mv.PrefixItem("w1")], "test", cfg, train=False).limits == [3, 3]
+
+
 def test_features_do_not_depend_on_batching(model, tok):
     texts = ["w1", "sentence : w1 w2 w3 sentiment : positive", "w7 w8"]
     for pooling in ("last", "mean"):
@@ -174,10 +190,10 @@ def test_run_writes_mauve_before_and_after(tiny_run, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     before, after = metrics["before"]["mauve"], metrics["after"]["mauve"]
     for result in (before, after):
-        assert 0 < result["mauve"] <= 1 and 0 < result["mauve_star"] <= 1
+        assert 0 < result["mauve"] <= 1 + 1e-9 and 0 < result["mauve_star"] <= 1 + 1e-9
         assert result["prefixes"] == result["references"] == 24 and result["max_new_tokens"] == 4
         assert result["decoding"] == "sample" and result["source"] == "built-in: toy test split"
-    assert "vs_before" not in before and 0 < after["vs_before"]["mauve"] <= 1
+    assert "vs_before" not in before and 0 < after["vs_before"]["mauve"] <= 1 + 1e-9
     assert "accuracy" in metrics["before"]  # the normal test still runs
     rows = [json.loads(line) for line in (out / "mauve_after.jsonl").read_text().splitlines()]
     assert len(rows) == 24 and set(rows[0]) == {"prefix", "reference", "continuation"}
@@ -199,7 +215,7 @@ def test_evaluate_with_a_prefix_file(tiny_run, tmp_path):
     assert main(["evaluate", *tiny_run, *flags, "--output", str(out)]) == 0  # --mauve-prefix implies the test
     result = json.loads((out / "metrics.json").read_text())["before"]["mauve"]
     assert result["prefixes"] == 12 and result["source"] == str(prefixes) and result["decoding"] == "greedy"
-    assert 0 < result["mauve"] <= 1
+    assert 0 < result["mauve"] <= 1 + 1e-9
 
 
 def test_missing_package_and_bad_options_are_user_errors(tiny_run, tmp_path, monkeypatch, capsys):

@@ -6,9 +6,10 @@
 Generation: batches of left-padded prefixes (in the given order) through `model.generate`; "greedy" is
 argmax decoding, "sample" is nucleus sampling (top-p TOP_P, temperature 1, no top-k) from a torch RNG
 seeded with `seed` inside `torch.random.fork_rng`, so the caller's random state (training's) is untouched
-and the same (prefixes, seed, batch size) always gives the same texts. A continuation stops at EOS, after
-`max_new_tokens`, and (`stop_at_newline`) is cut before its first newline: reference continuations are
-single lines of text.
+and the same (prefixes, limits, seed, batch size) always gives the same texts. A continuation stops at EOS,
+after `max_new_tokens` (or its own entry of `limits`), and (`stop_at_newline`) is cut before its first
+newline: reference continuations are single lines of text. Prefixes are batched by descending limit (ties in
+input order) so a batch wastes few steps; results come back in input order.
 
 Features: the final hidden state (after the last norm, `model.base_model`) of each text, at its last token
 ("last", what MAUVE's own GPT-2 featuriser uses) or averaged over its tokens ("mean").
@@ -58,37 +59,47 @@ def generate_continuations(
     seed: int = 0,
     batch_size: int = 16,
     stop_at_newline: bool = True,
+    limits: Sequence[int] | None = None,
 ) -> tuple[list[str], list[int]]:
-    """(continuation texts, generated token counts) of `prefixes`, in order; see the module docstring."""
+    """(continuation texts, generated token counts) of `prefixes`, in order; see the module docstring.
+
+    `limits`: new tokens at most per prefix (default: `max_new_tokens` for all).
+    """
     if decoding not in DECODINGS:
         raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
     device = _device(model)
     pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id
     encoded = [tokenizer(p)["input_ids"] for p in prefixes]
-    options: dict = {"max_new_tokens": max_new_tokens, "pad_token_id": pad, "eos_token_id": eos}
+    limits = [max_new_tokens] * len(prefixes) if limits is None else [int(n) for n in limits]
+    options: dict = {"pad_token_id": pad, "eos_token_id": eos}
     if decoding == "sample":
         options.update(do_sample=True, top_p=TOP_P, top_k=0, temperature=1.0)
     else:
         options.update(do_sample=False)
-    texts: list[str] = []
-    counts: list[int] = []
+    texts: list[str] = [""] * len(prefixes)
+    counts: list[int] = [0] * len(prefixes)
+    order = sorted(range(len(prefixes)), key=lambda i: (-limits[i], i))
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for start in range(0, len(encoded), batch_size):
-            rows = encoded[start : start + batch_size]
-            ids, mask, _ = _left_pad(rows, pad, device)
-            out = model.generate(input_ids=ids, attention_mask=mask, **options)
-            for row, generated in zip(rows, out[:, ids.shape[1] :].tolist(), strict=True):
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            steps = max(limits[i] for i in batch)
+            if steps < 1:
+                continue
+            ids, mask, _ = _left_pad([encoded[i] for i in batch], pad, device)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, **options)
+            for i, generated in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
+                generated = generated[: limits[i]]
                 if eos is not None and eos in generated:
                     generated = generated[: generated.index(eos)]
                 generated = [t for t in generated if t != pad]  # rows finished early are padded
-                text = _continuation(tokenizer, list(row), generated)
+                text = _continuation(tokenizer, list(encoded[i]), generated)
                 if stop_at_newline:
                     text = text.split("\n", 1)[0]
-                texts.append(text.rstrip())
-                counts.append(len(generated))
+                texts[i] = text.rstrip()
+                counts[i] = len(generated)
     return texts, counts
 
 

@@ -16,8 +16,10 @@ Prefixes (at most --mauve-samples, in order):
   "vs_before" (the generations before fine-tuning as the reference) is computed.
 
 Generation (evaluation.generation): --mauve-decoding sample (nucleus, top-p 0.95, seeded by --seed; the same
-seed before and after, so the two stages differ only by the model) or greedy; --mauve-max-new-tokens tokens
-at most, cut at EOS and at the first newline. A generated text is prefix + continuation.
+seed before and after, so the two stages differ only by the model) or greedy. A prefix with a reference gets
+at most as many new tokens as its reference continuation has (so generated and reference texts have
+comparable lengths; MAUVE would otherwise mostly measure length), and never more than --mauve-max-new-tokens;
+a continuation is cut at EOS and at the first newline. A generated text is prefix + continuation.
 
 Features: the final hidden state at the last token of each full text (prefix + continuation), computed with
 the run's BASE model weights for references, before and after texts alike (training's W_Q/W_K, or LoRA
@@ -215,8 +217,18 @@ class MauveTest:
         self.seed = cfg.seed
         self.base = BaseWeights(model) if train else None
         self.references = [t for t in (item.reference_text() for item in self.items) if t is not None]
+        self.limits = [self._limit(item) for item in self.items]
         self.reference_features: np.ndarray | None = None
         self.before_features: np.ndarray | None = None
+
+    def _limit(self, item: PrefixItem) -> int:
+        """New tokens at most for `item`: its reference continuation's length in tokens, capped."""
+        cap = self.ev.mauve_max_new_tokens
+        full = item.reference_text()
+        if full is None:
+            return cap
+        tokens = len(self.tokenizer(full)["input_ids"]) - len(self.tokenizer(item.prefix)["input_ids"])
+        return max(1, min(cap, tokens))
 
     def _base(self, model):
         return self.base.applied(model) if self.base else contextlib.nullcontext(model)
@@ -237,6 +249,7 @@ class MauveTest:
             self.ev.mauve_decoding,
             self.seed,
             self.ev.eval_batch_size,
+            limits=self.limits,
         )
         generated = [join(p, c) for p, c in zip(prefixes, continuations, strict=True)]
         if self.references and self.reference_features is None:

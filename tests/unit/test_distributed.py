@@ -27,12 +27,8 @@ FLAGS += ["--no-head-filter", "--wrong-label-penalty", "0.3"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    tiny_tokenizer = pytest.importorskip("tiny_tokenizer")
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama(attn_implementation="sdpa", max_position_embeddings=512).save_pretrained(path)
-    tiny_tokenizer.word_tokenizer().save_pretrained(path)
-    return path
+def model_dir(tiny_word_model_dir):
+    return tiny_word_model_dir
 
 
 @pytest.fixture(scope="module")

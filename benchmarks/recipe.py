@@ -14,7 +14,6 @@ import json
 import random
 import time
 
-import numpy as np
 import torch
 
 from abft.config import TrainConfig
@@ -22,7 +21,6 @@ from abft.data import PromptBuilder, default_template, load_dataset, train_pairs
 from abft.evaluation import evaluate_prompts
 from abft.heads import head_statistics
 from abft.models import load_model
-from abft.runner import build_prompts
 from abft.train import train
 
 
@@ -32,7 +30,7 @@ def validation_pairs(dataset, k: int, n: int, seed: int = 1234):
     pairs = []
     for _ in range(n):
         q = rng.choice(pool)
-        demos = rng.sample([i for i in pool if i != q][:4096], k)
+        demos = rng.sample([i for i in pool if i != q], k)
         pairs.append((demos, q))
     return pairs
 
@@ -62,8 +60,8 @@ def main() -> None:
     model, tok = load_model("smollm2-135m")
     ds = load_dataset(args.dataset)
     builder = PromptBuilder(tok, ds.info.label_words, default_template(ds.info))
-    val = build_prompts(builder, ds, validation_pairs(ds, args.k, args.val))
-    tr = build_prompts(builder, ds, train_pairs(ds, args.k, args.train_samples, args.seed))
+    val = builder.build_pairs(ds, validation_pairs(ds, args.k, args.val))
+    tr = builder.build_pairs(ds, train_pairs(ds, args.k, args.train_samples, args.seed))
     c = len(ds.info.label_words)
     before, _ = evaluate_prompts(model, val, builder.label_token_ids, tok.pad_token_id, c)
     hb = head_statistics(model, val[:64], tok.pad_token_id)
@@ -96,7 +94,6 @@ def main() -> None:
         ),
         flush=True,
     )
-    np.random.seed(0)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from abft.config import TrainConfig
 from abft.data import PromptBuilder, default_template, load_dataset, test_pairs, train_pairs
 from abft.models import load_model
 from abft.objectives import ABFTObjective
-from abft.runner import build_prompts
 
 
 def rss_bytes() -> int:
@@ -55,7 +54,7 @@ def prompts_for(tokenizer, dataset: str, k: int, n: int, split: str):
     ds = load_dataset(dataset)
     builder = PromptBuilder(tokenizer, ds.info.label_words, default_template(ds.info))
     pairs = train_pairs(ds, k, n, 0) if split == "train" else test_pairs(ds, k, n)
-    return builder, build_prompts(builder, ds, pairs)
+    return builder, builder.build_pairs(ds, pairs)
 
 
 def reference_step(model, prompt, objective, penalty=0.5, reward=1.0):
@@ -80,7 +79,7 @@ def train_workload(args) -> dict:
     model, tok = load_model("smollm2-135m")
     if attn == "eager":
         model.set_attn_implementation("eager")
-    _, prompts = prompts_for(tok, args.dataset, args.k, args.examples + 2, "train")
+    builder, prompts = prompts_for(tok, args.dataset, args.k, args.examples + 2, "train")
     warm, prompts = prompts[:2], prompts[2:]
     cfg = TrainConfig(
         method=args.method, pseudo_batch_size=len(prompts), micro_batch_size=args.micro, epochs=1, lr=1e-5
@@ -107,10 +106,9 @@ def train_workload(args) -> dict:
             warm,
             TrainConfig(method=args.method, pseudo_batch_size=2, epochs=1, lr=1e-5),
             tok.pad_token_id,
-            [0, 1],
+            builder.label_token_ids,
         )
         base = rss_bytes()
-        builder, _ = prompts_for(tok, args.dataset, 0, 1, "train")
         with PeakRSS() as peak:
             start = time.perf_counter()
             train(model, prompts, cfg, tok.pad_token_id, builder.label_token_ids)

@@ -42,11 +42,6 @@ def default_output(cfg: RunConfig, train: bool) -> Path:
     return Path("runs") / f"{name}-{what}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def build_prompts(builder, dataset, pairs) -> list:
-    rows = dataset.rows
-    return [builder.build([rows[i] for i in demos], rows[q]) for demos, q in pairs]
-
-
 def load_data(spec: str):
     path = Path(spec)
     if path.suffix.lower() in {".csv", ".jsonl", ".json", ".yaml", ".yml"}:
@@ -90,7 +85,7 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
     if resume_run:
         out = distributed.open_run_dir(lambda: RunDir.reopen(cfg.output))
     else:
-        out = distributed.open_run_dir(lambda: RunDir.create(cfg.output or default_output(cfg, train), overwrite))
+        out = distributed.open_run_dir(lambda: RunDir.create(cfg.output, overwrite))
     try:
         metrics = _run(cfg, job, out, log)
         out.set_state("finished")
@@ -140,11 +135,11 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
         add_lora(model, cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
     info = dataset.info
     builder = PromptBuilder(tokenizer, info.label_words, default_template(info), cfg.data.label_token_mode)
-    test = build_prompts(builder, dataset, test_pairs(dataset, cfg.data.k, cfg.data.test_samples))
+    test = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, cfg.data.test_samples))
     train_prompts = None
     if train:
         pairs = train_pairs(dataset, cfg.data.k, cfg.data.train_samples, cfg.seed)
-        train_prompts = build_prompts(builder, dataset, pairs)
+        train_prompts = builder.build_pairs(dataset, pairs)
     for prompts in (test, train_prompts or []):
         _check_context(model, prompts)
     suites.check_suites(model, tokenizer, dataset, cfg)  # --test-type template/demo, --bias-test, ...
@@ -235,7 +230,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
         evaluate("before")
     if train:
         train_prompts = job.train
-        objective = ABFTObjective(cfg.train.head_reduction, cfg.train.log_base, cfg.train.head_filter)
+        objective = ABFTObjective.from_config(cfg.train, len(job.builder.prefix_ids))
         sample = train_prompts[:HEAD_SAMPLE]
         heads_before = head_statistics(model, sample, pad, objective)
         snapshot = RunSnapshot(model, test[0], pad, tokenizer, objective)  # for the report: base W_Q/W_K, attention
@@ -249,14 +244,13 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
         lines = [json.dumps(StepRecord(**r).as_dict()) + "\n" for r in (previous or {}).get("records", [])]
         atomic_write(out.file("train_log.jsonl"), "".join(lines))
 
-        has_bos = tokenizer.bos_token_id is not None and train_prompts[0].input_ids[0] == tokenizer.bos_token_id
         train_model(
             model,
             train_prompts,
             cfg.train,
             pad,
             labels,
-            has_bos=has_bos,
+            has_bos=bool(job.builder.prefix_ids),
             seed=cfg.seed,
             on_step=on_step,
             checkpoint_dir=checkpoint,

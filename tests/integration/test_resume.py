@@ -11,8 +11,22 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["--dataset", "sst2", "--train-samples", "48", "--pseudo-batch-size", "8", "--micro-batch-size", "4",
-        "--epochs", "2", "--test-samples", "16", "--lr", "1e-3"]
+ARGS = [
+    "--dataset",
+    "sst2",
+    "--train-samples",
+    "48",
+    "--pseudo-batch-size",
+    "8",
+    "--micro-batch-size",
+    "4",
+    "--epochs",
+    "2",
+    "--test-samples",
+    "16",
+    "--lr",
+    "1e-3",
+]
 ENV = {**os.environ, "ABFT_NO_PROGRESS": "1"}
 
 
@@ -23,8 +37,9 @@ def cli(*args):
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
-    done = subprocess.run(cli("run", "--model", str(tiny_model_dir), *ARGS, "--output", str(out)), env=ENV,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        cli("run", "--model", str(tiny_model_dir), *ARGS, "--output", str(out)), env=ENV, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return out
 
@@ -39,8 +54,12 @@ def _steps(run_dir):
 @pytest.mark.parametrize("kill_after_steps", [1, 4, 9])
 def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, reference, tmp_path, kill_after_steps):
     out = tmp_path / "run"
-    proc = subprocess.Popen(cli("run", "--model", str(tiny_model_dir), *ARGS, "--output", str(out)), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli("run", "--model", str(tiny_model_dir), *ARGS, "--output", str(out)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while _steps(out) < kill_after_steps and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)

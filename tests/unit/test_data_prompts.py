@@ -100,9 +100,13 @@ def test_bos_shifts_positions_and_eos_is_dropped(trim):
     assert p.input_ids == [with_bos.bos_token_id] + plain.input_ids
     assert p.label_positions == [i + 1 for i in plain.label_positions]
     _check(b, p, with_bos)
+    assert b.prefix_ids == [with_bos.bos_token_id]
+    assert D.PromptBuilder(bpe_tokenizer(trim_offsets=trim), WORDS, TEMPLATE).prefix_ids == []
     both = bpe_tokenizer(bos=True, eos=True, trim_offsets=trim)
     assert both("x")["input_ids"][-1] == both.eos_token_id
-    q = D.PromptBuilder(both, WORDS, TEMPLATE).build(DEMOS, QUERY)
+    both_builder = D.PromptBuilder(both, WORDS, TEMPLATE)
+    assert both_builder.prefix_ids == [both.bos_token_id]  # the appended EOS is not a prefix
+    q = both_builder.build(DEMOS, QUERY)
     assert q.input_ids == p.input_ids  # the appended EOS is gone: the last position predicts the label
 
 

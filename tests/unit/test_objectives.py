@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from abft.config import TrainConfig
 from abft.objectives import ABFTObjective, e2e_loss
 
 
@@ -18,6 +19,15 @@ def test_threshold_is_k_over_k_plus_ln_n():
     assert t[0] == pytest.approx(0.5056, abs=1e-3)  # the method note: ~0.51 at 50 tokens
     t2 = ABFTObjective(log_base="2").threshold(torch.tensor([4]), torch.tensor([64]))
     assert float(t2) == pytest.approx(4 / (4 + 6), abs=1e-6)
+
+
+def test_uncounted_bos_shortens_n_t():
+    counted = ABFTObjective().threshold(torch.tensor([4]), torch.tensor([50]))
+    uncounted = ABFTObjective(uncounted_tokens=1).threshold(torch.tensor([4]), torch.tensor([51]))
+    assert float(uncounted) == pytest.approx(float(counted))
+    cfg = TrainConfig(count_bos=False)
+    assert ABFTObjective.from_config(cfg, prefix_tokens=1).uncounted_tokens == 1
+    assert ABFTObjective.from_config(TrainConfig(), prefix_tokens=1).uncounted_tokens == 0
 
 
 def test_loss_on_hand_computed_rows():

@@ -30,6 +30,7 @@ dropped, so the last position always predicts the label.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -80,6 +81,13 @@ class PromptBuilder:
                 dup = [w for w, i in zip(words, ids, strict=True) if ids.count(i) > 1]
                 raise UserError(f"label words {dup} share one token for this tokenizer; pick distinct words")
         self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
+
+    @functools.cached_property
+    def prefix_ids(self) -> list[int]:
+        """Special tokens the tokenizer puts in front of every prompt (a BOS), [] for most BPE tokenizers."""
+        plain = self._ids("x")
+        full = list(self.tokenizer("x", add_special_tokens=True)["input_ids"])
+        return full[: len(full) - len(plain)] if full[-len(plain) :] == plain else full[: full.index(plain[0])]
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -148,27 +148,25 @@ def _mark_lora(model: torch.nn.Module, slices: list[QKSlice]) -> list[torch.nn.P
     return out
 
 
-def head_gradient_mask(slices: list[QKSlice], active: torch.Tensor, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Gradient masks for --restricted-gradient.
+def zero_inactive_heads(grads: dict[str, torch.Tensor], slices: list[QKSlice], active: torch.Tensor) -> None:
+    """--restricted-gradient: zero, in place, the gradient rows of heads that are not induction heads.
 
-    `active` (L, Hq) bool: the query heads that are induction heads for the current example. A key head
-    (grouped-query attention) stays trainable when any query head of its group is active.
+    `grads` maps parameter names to gradients; `active` (L, Hq) bool: the query heads that are induction
+    heads for the current example. A key head (grouped-query attention) stays trainable when any query
+    head of its group is active.
     """
-    params = dict(model.named_parameters())
-    masks: dict[str, torch.Tensor] = {}
     for s in slices:
         heads = active[s.layer]
         if s.kind == "k" and s.num_heads != heads.numel():
             heads = heads.view(s.num_heads, -1).any(dim=1)
+        inactive = (~heads).nonzero().flatten().tolist()
         for name, is_bias in ((s.param, False), (s.bias, True)):
-            if name is None or not params[name].requires_grad:
+            grad = grads.get(name) if name else None
+            if grad is None:
                 continue
-            mask = masks.setdefault(name, torch.ones_like(params[name], dtype=torch.bool))
             dim = 0 if is_bias else s.out_dim
-            for h in range(s.num_heads):
-                if not bool(heads[h]):
-                    mask.narrow(dim, s.head_rows(h).start, s.head_dim).fill_(False)
-    return masks
+            for h in inactive:
+                grad.narrow(dim, s.head_rows(h).start, s.head_dim).zero_()
 
 
 def _effective_weight(model: torch.nn.Module, name: str, params: dict) -> torch.Tensor:

@@ -58,7 +58,7 @@ def recompute_snapshot(run: Path, log=print) -> None:
     from ..data import test_pairs
 
     prompt = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, 1))[0]
-    objective = ABFTObjective(cfg.train.head_reduction, cfg.train.log_base, cfg.train.head_filter)
+    objective = ABFTObjective.from_config(cfg.train, len(builder.prefix_ids))
     snapshot = RunSnapshot(model, prompt, tokenizer.pad_token_id, tokenizer, objective)
     load_delta(model, run)
     snapshot.write(model, run)
@@ -108,8 +108,7 @@ def find_heads(cfg: RunConfig, opts: HeadsOptions, output: str | Path | None = N
     builder, dataset = _builder(cfg, tokenizer)
     prompts = builder.build_pairs(dataset, train_pairs(dataset, cfg.data.k, opts.samples, cfg.seed))
     log(f"{len(prompts)} calibration prompts of {dataset.info.name}, k={cfg.data.k}; {cfg.model.model}")
-    bos = tokenizer.bos_token_id
-    prefix = [bos] if bos is not None and prompts[0].input_ids[0] == bos else []
+    prefix = builder.prefix_ids
     result = discover_heads(
         model,
         prompts,

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import UserError
 
 
 def opt(default, help: str, flag: str | None = None, choices=None, negate: str | None = None, nargs=None):
@@ -82,6 +85,38 @@ class TrainConfig:
     lora_dropout: float = opt(0.0, "dropout on the LoRA input (0 keeps training deterministic)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, slower")
 
+    def validate(self) -> None:
+        """UserError for a setting no run can use (checked by the CLI before any work, and by train())."""
+        check_at_least(
+            [
+                ("--pseudo-batch-size", self.pseudo_batch_size, 1),
+                ("--micro-batch-size", self.micro_batch_size, 1),
+                ("--epochs", self.epochs, 1),
+            ]
+        )
+        if not 0 < self.lr < math.inf:
+            raise UserError(f"--lr must be positive and finite, got {self.lr}; the paper uses 2e-5")
+        weights = [("--correct-label-reward", self.reward), ("--wrong-label-penalty", self.penalty)]
+        weights += [("--p-factor", self.p_factor)] + [("--pid", gain) for gain in self.pid]
+        for flag, value in weights:
+            if not 0 <= value < math.inf:
+                raise UserError(f"{flag} must be a finite number >= 0, got {value}")
+        if self.lora_r < 0:
+            raise UserError(f"--lora-r must be 0 (off) or positive, got {self.lora_r}")
+        if self.lora_r and not 0 < self.lora_alpha < math.inf:
+            raise UserError(f"--lora-alpha must be positive, got {self.lora_alpha}")
+        if self.lora_r and self.restricted_gradient:
+            raise UserError("--restricted-gradient cannot be combined with --lora-r: lora_A is shared by all heads")
+        if not 0 <= self.lora_dropout < 1:
+            raise UserError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+def check_at_least(checks) -> None:
+    """(flag, value, lowest allowed) triples -> UserError for the first value below its bound."""
+    for flag, value, low in checks:
+        if value < low:
+            raise UserError(f"{flag} must be at least {low}, got {value}")
+
 
 @dataclass
 class EvalConfig:
@@ -149,9 +184,7 @@ def _from_dict(cls, d):
         if f.name not in d:
             continue
         value = d[f.name]
-        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
-            value = _from_dict(f.type, value)
-        elif isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+        if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):  # a section
             value = _from_dict(f.default_factory, value)
         elif isinstance(value, list) and f.metadata.get("nargs"):
             value = tuple(value)

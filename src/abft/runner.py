@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -17,8 +16,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .checkpoint import load_checkpoint
-from .config import RunConfig
+from .config import RunConfig, check_at_least
 from .data import PromptBuilder, default_template, load_dataset, test_pairs, train_pairs
 from .errors import UserError
 from .evaluation import evaluate_prompts, suites
@@ -36,8 +34,9 @@ from .train import train as train_model
 HEAD_SAMPLE = 64  # training prompts used for heads.json
 
 
-def default_output(cfg: RunConfig, train: bool) -> Path:
-    what = cfg.train.method if train else "eval"
+def default_output(cfg: RunConfig, train: bool = True, what: str | None = None) -> Path:
+    """runs/<dataset>-<what>-<time>; `what` defaults to the training method, or "eval" without training."""
+    what = what or (cfg.train.method if train else "eval")
     name = Path(cfg.data.dataset).stem
     return Path("runs") / f"{name}-{what}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -160,32 +159,15 @@ def _validate(cfg: RunConfig, train: bool) -> None:
         ("--test-samples", cfg.data.test_samples, 1),
         ("--eval-batch-size", cfg.eval.eval_batch_size, 1),
     ]
-    if train:
+    if cfg.eval.mauve_test or cfg.eval.mauve_prefix:
         checks += [
-            ("--train-samples", cfg.data.train_samples, 1),
-            ("--pseudo-batch-size", cfg.train.pseudo_batch_size, 1),
-            ("--micro-batch-size", cfg.train.micro_batch_size, 1),
-            ("--epochs", cfg.train.epochs, 1),
-            ("--checkpoint-every", cfg.checkpoint_every, 1),
+            ("--mauve-samples", cfg.eval.mauve_samples, 1),
+            ("--mauve-max-new-tokens", cfg.eval.mauve_max_new_tokens, 1),
         ]
-        if not 0 < cfg.train.lr < math.inf:
-            raise UserError(f"--lr must be positive and finite, got {cfg.train.lr}; the paper uses 2e-5")
-        weights = [("--correct-label-reward", cfg.train.reward), ("--wrong-label-penalty", cfg.train.penalty)]
-        weights += [("--p-factor", cfg.train.p_factor)] + [("--pid", gain) for gain in cfg.train.pid]
-        for flag, value in weights:
-            if not 0 <= value < math.inf:
-                raise UserError(f"{flag} must be a finite number >= 0, got {value}")
-        if cfg.train.lora_r and not 0 < cfg.train.lora_alpha < math.inf:
-            raise UserError(f"--lora-alpha must be positive, got {cfg.train.lora_alpha}")
-        if cfg.train.lora_r < 0:
-            raise UserError(f"--lora-r must be 0 (off) or positive, got {cfg.train.lora_r}")
-        if cfg.train.lora_r and cfg.train.restricted_gradient:
-            raise UserError("--restricted-gradient cannot be combined with --lora-r: lora_A is shared by all heads")
-        if not 0 <= cfg.train.lora_dropout < 1:
-            raise UserError(f"--lora-dropout must be in [0, 1), got {cfg.train.lora_dropout}")
-    for flag, value, low in checks:
-        if value < low:
-            raise UserError(f"{flag} must be at least {low}, got {value}")
+    if train:
+        checks += [("--train-samples", cfg.data.train_samples, 1), ("--checkpoint-every", cfg.checkpoint_every, 1)]
+        cfg.train.validate()
+    check_at_least(checks)
 
 
 def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
@@ -239,20 +221,20 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
         def on_step(record: StepRecord) -> None:
             out.append_jsonl("train_log.jsonl", record.as_dict())
 
-        checkpoint = out.file("checkpoint")
-        previous = load_checkpoint(checkpoint)  # resuming: the log restarts from the checkpoint's steps
-        lines = [json.dumps(StepRecord(**r).as_dict()) + "\n" for r in (previous or {}).get("records", [])]
-        atomic_write(out.file("train_log.jsonl"), "".join(lines))
+        def on_resume(records: list[StepRecord]) -> None:  # the log restarts from the checkpoint's steps
+            atomic_write(out.file("train_log.jsonl"), "".join(json.dumps(r.as_dict()) + "\n" for r in records))
 
+        checkpoint = out.file("checkpoint")
         train_model(
             model,
             train_prompts,
             cfg.train,
             pad,
             labels,
-            has_bos=bool(job.builder.prefix_ids),
+            prefix_tokens=len(job.builder.prefix_ids),
             seed=cfg.seed,
             on_step=on_step,
+            on_resume=on_resume,
             checkpoint_dir=checkpoint,
             checkpoint_every=cfg.checkpoint_every,
         )

@@ -79,20 +79,24 @@ def train(
     cfg: TrainConfig,
     pad_id: int,
     label_token_ids: Sequence[int],
-    has_bos: bool = False,
+    prefix_tokens: int = 0,
     seed: int = 0,
     on_step: Callable[[StepRecord], None] | None = None,
+    on_resume: Callable[[list[StepRecord]], None] | None = None,
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 1,
 ) -> list[StepRecord]:
     """Train `model` in place on `prompts`; returns one record per optimiser step.
 
     With `checkpoint_dir`, state is saved every `checkpoint_every` steps and a saved state found there is
-    resumed from (the records before it are returned too, and `on_step` is not called for them again).
+    resumed from (the records before it are returned too, passed once to `on_resume`, and `on_step` is not
+    called for them again). `prefix_tokens`: special tokens the tokenizer puts first (PromptBuilder.prefix_ids),
+    left out of n_t with --no-count-bos.
     With several processes only the main one reads and writes checkpoints.
     """
     if not prompts:
         raise UserError("no training prompts: --train-samples must be at least 1")
+    cfg.validate()
     if cfg.lora_r and not has_lora(model):
         add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     if cfg.restricted_gradient and has_lora(model):
@@ -111,7 +115,7 @@ def train(
     controller = PenaltyController(
         cfg.adaptive_penalty, cfg.penalty, cfg.reward, cfg.p_factor, tuple(cfg.pid), cfg.clamp_penalty
     )
-    objective = ABFTObjective.from_config(cfg, prefix_tokens=int(has_bos))
+    objective = ABFTObjective.from_config(cfg, prefix_tokens)
     label_ids = torch.tensor(list(label_token_ids), device=device)
     micro = 1 if cfg.restricted_gradient else cfg.micro_batch_size
     plan = schedule(len(prompts), cfg.epochs, cfg.pseudo_batch_size, seed)
@@ -125,7 +129,11 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         controller.load_state_dict(state["controller"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():  # dropout on GPU (LoRA) draws from these
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         records = [StepRecord(**r) for r in state["records"]]
+    if on_resume:
+        on_resume(list(records))
     try:
         with progress_bar(f"training ({cfg.method})", total=len(plan)) as advance:
             advance(len(records))
@@ -203,6 +211,7 @@ def train(
                             "optimizer": optimizer.state_dict(),
                             "controller": controller.state_dict(),
                             "rng": torch.get_rng_state(),
+                            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                             "records": [dict(r.__dict__) for r in records],
                         },
                     )

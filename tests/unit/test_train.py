@@ -77,9 +77,12 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     except Stop:
         pass
     resumed = tiny_llama()
-    seen = []
-    records = train(resumed, prompts, cfg, 0, LABEL_TOKENS, on_step=seen.append, checkpoint_dir=tmp_path)
+    seen, restored = [], []
+    records = train(
+        resumed, prompts, cfg, 0, LABEL_TOKENS, on_step=seen.append, on_resume=restored.append, checkpoint_dir=tmp_path
+    )
     assert [r.step for r in seen] == [3, 4, 5, 6]
+    assert [[r.step for r in rs] for rs in restored] == [[1, 2]]
     assert [r.loss for r in records] == [r.loss for r in full_records]
     ta, tb = trained_tensors(full, find_qk_slices(full)), trained_tensors(resumed, find_qk_slices(resumed))
     assert all(torch.equal(ta[k], tb[k]) for k in ta)

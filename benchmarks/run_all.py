@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def protocol_minutes() -> float:
             [sys.executable, "-m", "abft.cli", "run", "--dataset", "sst2", "--output", f"{tmp}/run"],
             check=True,
             capture_output=True,
-            env={**__import__("os").environ, "ABFT_NO_PROGRESS": "1"},
+            env={**os.environ, "ABFT_NO_PROGRESS": "1"},
         )
         return (time.perf_counter() - start) / 60
 
@@ -47,104 +48,77 @@ def main() -> None:
     n4, n16, n_eval = ("8", "4", "64") if args.quick else ("24", "8", "256")
     rows = []
     results: dict = {
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.processor()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor()}",
         "date": time.strftime("%Y-%m-%d"),
     }
 
+    def record(key: str, name: str, baseline: float, ours: float, ratio: float, target: str) -> None:
+        results[key] = ratio
+        rows.append((name, baseline, ours, ratio, target))
+
     ours4 = workload("train", "--impl", "ours", "--k", "4", "--examples", n4)
     ref4 = workload("train", "--impl", "reference", "--k", "4", "--examples", n4)
-    results["train_speedup_k4"] = ours4["examples_per_s"] / ref4["examples_per_s"]
-    rows.append(
-        (
-            "train k=4 SST-2 examples/s",
-            ref4["examples_per_s"],
-            ours4["examples_per_s"],
-            results["train_speedup_k4"],
-            ">= 1.5x",
-        )
+    speed = "examples_per_s"
+    record(
+        "train_speedup_k4",
+        "train k=4 SST-2 examples/s",
+        ref4[speed],
+        ours4[speed],
+        ours4[speed] / ref4[speed],
+        ">= 1.5x",
     )
     ours16 = workload("train", "--impl", "ours", "--k", "16", "--dataset", "agnews", "--examples", n16, "--micro", "4")
     ref16 = workload("train", "--impl", "reference", "--k", "16", "--dataset", "agnews", "--examples", n16)
-    results["train_speedup_k16"] = ours16["examples_per_s"] / ref16["examples_per_s"]
-    results["train_memory_ratio_k16"] = ours16["activation_mb"] / ref16["activation_mb"]
-    rows.append(
-        (
-            "train k=16 AG News examples/s",
-            ref16["examples_per_s"],
-            ours16["examples_per_s"],
-            results["train_speedup_k16"],
-            ">= 2x",
-        )
+    record(
+        "train_speedup_k16",
+        "train k=16 AG News examples/s",
+        ref16[speed],
+        ours16[speed],
+        ours16[speed] / ref16[speed],
+        ">= 2x",
     )
-    rows.append(
-        (
-            "train k=16 activation MB (ours/ref)",
-            ref16["activation_mb"],
-            ours16["activation_mb"],
-            results["train_memory_ratio_k16"],
-            "<= 0.5",
-        )
+    mb = "activation_mb"
+    record(
+        "train_memory_ratio_k16",
+        "train k=16 activation MB (ours/ref)",
+        ref16[mb],
+        ours16[mb],
+        ours16[mb] / ref16[mb],
+        "<= 0.5",
     )
 
     staicc = workload("eval", "--impl", "staicc", "--prompts", n_eval)
     ours_eval = workload("eval", "--impl", "ours", "--prompts", n_eval)
-    results["eval_speedup_vs_staicc"] = ours_eval["prompts_per_s"] / staicc["prompts_per_s"]
-    rows.append(
-        (
-            "eval SST-2 prompts/s",
-            staicc["prompts_per_s"],
-            ours_eval["prompts_per_s"],
-            results["eval_speedup_vs_staicc"],
-            ">= 2x",
-        )
+    rate = "prompts_per_s"
+    record(
+        "eval_speedup_vs_staicc",
+        "eval SST-2 prompts/s",
+        staicc[rate],
+        ours_eval[rate],
+        ours_eval[rate] / staicc[rate],
+        ">= 2x",
     )
 
     flops = workload("flops")
-    results["train_peak_fraction"] = flops["train_gflops_per_s"] / flops["matmul_gflops_per_s"]
-    results["eval_peak_fraction"] = flops["eval_gflops_per_s"] / flops["matmul_gflops_per_s"]
-    rows.append(
-        (
-            "train GFLOP/s vs matmul peak",
-            flops["matmul_gflops_per_s"],
-            flops["train_gflops_per_s"],
-            results["train_peak_fraction"],
-            ">= 0.5",
-        )
-    )
-    rows.append(
-        (
-            "eval GFLOP/s vs matmul peak",
-            flops["matmul_gflops_per_s"],
-            flops["eval_gflops_per_s"],
-            results["eval_peak_fraction"],
-            ">= 0.5",
-        )
-    )
+    peak = flops["matmul_gflops_per_s"]
+    for what in ("train", "eval"):
+        got = flops[f"{what}_gflops_per_s"]
+        record(f"{what}_peak_fraction", f"{what} GFLOP/s vs matmul peak", peak, got, got / peak, ">= 0.5")
 
     e2e = workload("train", "--impl", "ours", "--method", "e2e", "--k", "4", "--examples", n4)
-    results["e2e_over_abft_time"] = ours4["examples_per_s"] / e2e["examples_per_s"]
-    results["e2e_over_abft_memory"] = e2e["activation_mb"] / max(ours4["activation_mb"], 1e-9)
-    rows.append(
-        (
-            "E2E / ABFT time per example",
-            1 / ours4["examples_per_s"],
-            1 / e2e["examples_per_s"],
-            results["e2e_over_abft_time"],
-            "(paper: 2.2x)",
-        )
+    results["e2e_over_abft_memory"] = e2e[mb] / max(ours4[mb], 1e-9)
+    record(
+        "e2e_over_abft_time",
+        "E2E / ABFT time per example",
+        1 / ours4[speed],
+        1 / e2e[speed],
+        ours4[speed] / e2e[speed],
+        "(paper: 2.2x)",
     )
 
     if not args.skip_protocol:
-        results["abft_run_minutes"] = protocol_minutes()
-        rows.append(
-            (
-                "`abft run` SST-2 paper defaults, minutes",
-                float("nan"),
-                results["abft_run_minutes"],
-                results["abft_run_minutes"],
-                "<= 8",
-            )
-        )
+        minutes = protocol_minutes()
+        record("abft_run_minutes", "`abft run` SST-2 paper defaults, minutes", float("nan"), minutes, minutes, "<= 8")
 
     print(f"{'measure':<42}{'baseline':>12}{'abft':>12}{'ratio':>9}  target")
     for name, base, ours, ratio, target in rows:

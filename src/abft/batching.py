@@ -30,23 +30,30 @@ class Batch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
 
 
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad token id `rows` to the longest: (input_ids, attention_mask, position_ids), each (B, T) long."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        pad = width - len(row)
+        ids[i, pad:] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, pad:] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def collate(prompts: Sequence, pad_id: int) -> Batch:
     """Left-pad `prompts` (objects with input_ids, label_positions, demo_labels, gold)."""
+    ids, mask, position_ids = left_pad([p.input_ids for p in prompts], pad_id)
     lengths = [len(p.input_ids) for p in prompts]
-    width = max(lengths)
+    width = ids.shape[1]
     k = max(len(p.label_positions) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
     positions = torch.zeros((len(prompts), k), dtype=torch.long)
     labels = torch.full((len(prompts), k), -1, dtype=torch.long)
     for i, p in enumerate(prompts):
-        pad = width - lengths[i]
-        ids[i, pad:] = torch.tensor(p.input_ids)
-        mask[i, pad:] = 1
         n = len(p.label_positions)
-        positions[i, :n] = torch.tensor(p.label_positions, dtype=torch.long) + pad
+        positions[i, :n] = torch.tensor(p.label_positions, dtype=torch.long) + width - lengths[i]
         labels[i, :n] = torch.tensor(p.demo_labels, dtype=torch.long)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     gold = torch.tensor([p.gold for p in prompts], dtype=torch.long)
     return Batch(ids, mask, position_ids, positions, labels, gold, torch.tensor(lengths))
 

@@ -19,12 +19,13 @@ from . import distributed
 from .config import RunConfig, check_at_least
 from .data import PromptBuilder, default_template, load_dataset, test_pairs, train_pairs
 from .errors import UserError
-from .evaluation import evaluate_prompts, suites
 from .evaluation import mauve as mauve_eval
+from .evaluation import suites
 from .heads import head_statistics, heads_summary
 from .models import load_model
+from .models.context import check_context
 from .models.lora import add_lora
-from .models.params import save_trained
+from .models.params import BaseWeights, save_trained
 from .objectives import ABFTObjective
 from .report.snapshot import RunSnapshot
 from .rundir import RunDir, atomic_write
@@ -119,6 +120,8 @@ class _Job:
     train: list | None
     timings: dict
     mauve: object = None  # evaluation.mauve.MauveTest with --mauve-test / --mauve-prefix
+    base: BaseWeights | None = None  # W_Q/W_K before training, for MAUVE's features and the report's qk_shift
+    sets: dict = dataclasses.field(default_factory=dict)  # the prompt sets of the selected protocols
 
 
 def _prepare(cfg: RunConfig, train: bool) -> _Job:
@@ -139,11 +142,12 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     if train:
         pairs = train_pairs(dataset, cfg.data.k, cfg.data.train_samples, cfg.seed)
         train_prompts = builder.build_pairs(dataset, pairs)
-    for prompts in (test, train_prompts or []):
-        _check_context(model, prompts)
-    suites.check_suites(model, tokenizer, dataset, cfg)  # --test-type template/demo, --bias-test, ...
-    mauve = mauve_eval.prepare(model, tokenizer, dataset, cfg, train)  # before training: keeps base W_Q/W_K
-    return _Job(dataset, model, tokenizer, builder, test, train_prompts, {}, mauve)
+    if train_prompts:  # and the test prompt of the report's snapshot; the suites check the others
+        check_context(model, [*train_prompts, test[0]])
+    sets = suites.check_suites(model, tokenizer, dataset, cfg, normal=(builder, test))  # built once per run
+    base = BaseWeights(model) if train else None
+    mauve = mauve_eval.prepare(model, tokenizer, dataset, cfg, base)
+    return _Job(dataset, model, tokenizer, builder, test, train_prompts, {}, mauve=mauve, base=base, sets=sets)
 
 
 def _validate(cfg: RunConfig, train: bool) -> None:
@@ -185,24 +189,11 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     timings = job.timings
     t0 = time.perf_counter()
 
-    def evaluate(stage: str) -> None:
-        t = time.perf_counter()
-        result: dict = {}
-        cache = suites.ScoreCache()  # this stage's scores, shared with the protocols below
-        if "normal" in cfg.eval.test_type:
-            result, probs = evaluate_prompts(
-                model, test, labels, pad, len(info.label_words), cfg.eval.eval_batch_size, f"{stage}-test {info.name}"
-            )
-            cache.add(test, labels, probs)
-            log(
-                f"{stage:>6}: accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
-                f"copies last label {result['copies_last_label']:.3f}  ({len(test)} prompts)"
-            )
-        timings[f"{stage}_test_seconds"] = round(time.perf_counter() - t, 2)
-        metrics[stage] = result
-        result.update(
-            suites.run_suites(model, tokenizer, job.dataset, cfg, cache=cache, stage=stage, log=log, timings=timings)
+    def evaluate(stage: str) -> None:  # the normal test (its metrics at the top of the stage), then the others
+        result = suites.run_suites(
+            model, tokenizer, job.dataset, cfg, sets=job.sets, stage=stage, log=log, timings=timings
         )
+        metrics[stage] = result
         if job.mauve is not None:
             result["mauve"] = job.mauve.run(model, stage, out.path, log=log, timings=timings)
         out.write_json("metrics.json", metrics)
@@ -215,7 +206,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
         objective = ABFTObjective.from_config(cfg.train, len(job.builder.prefix_ids))
         sample = train_prompts[:HEAD_SAMPLE]
         heads_before = head_statistics(model, sample, pad, objective)
-        snapshot = RunSnapshot(model, test[0], pad, tokenizer, objective)  # for the report: base W_Q/W_K, attention
+        snapshot = RunSnapshot(model, test[0], pad, tokenizer, objective, job.base)  # the report's attention
         t = time.perf_counter()
 
         def on_step(record: StepRecord) -> None:
@@ -273,10 +264,3 @@ def _write_error(exc: BaseException, run_dir: Path) -> UserError | None:
         f"cannot write {exc.filename or run_dir}: {exc.strerror}; free disk space (or fix the permissions), then "
         f"continue with `abft run --resume {run_dir}`"
     )
-
-
-def _check_context(model, prompts) -> None:
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    longest = max((len(p.input_ids) for p in prompts), default=0)  # no training prompts in `evaluate`
-    if limit and longest > limit:
-        raise UserError(f"a prompt has {longest} tokens, more than the model's context of {limit}; lower --k")

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from .config import RunConfig
 from .errors import UserError
-from .rundir import RunDir, atomic_write
+from .rundir import RunDir
 
 SIZES = (32, 128, 256, 512, 1024)
 METHODS = ("abft", "e2e")
@@ -41,22 +39,32 @@ def sweep(
         raise UserError(f"--sizes must be positive training-set sizes, got {list(sizes)}")
     if not methods or any(m not in METHODS for m in methods):
         raise UserError(f"--methods must be among {', '.join(METHODS)}, got {list(methods)}")
-    name = Path(cfg.data.dataset).stem
-    root = Path(output or cfg.output or Path("runs") / f"{name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    rows: list[dict] = []
-    before = None
+    root = Path(output or cfg.output or runner.default_output(cfg, what="sweep"))
+    out = RunDir(root)  # not a run directory itself; its write_json is atomic
+    table: dict = {
+        "dataset": Path(cfg.data.dataset).stem,
+        "model": cfg.model.model,
+        "k": cfg.data.k,
+        "before_accuracy": None,  # the first run's
+        "rows": [],
+    }
+    first = True
     for method in dict.fromkeys(methods):
         for size in dict.fromkeys(sizes):
             run_cfg = copy.deepcopy(cfg)
             run_cfg.train.method, run_cfg.data.train_samples = method, size
             run_cfg.output = str(root / f"{method}-{size}")
-            run_cfg.eval.fore_test, run_cfg.eval.post_test = before is None, True
+            run_cfg.eval.fore_test, run_cfg.eval.post_test = first, True  # only the first run tests the base model
             log(f"sweep: {method} with {size} training prompts -> {run_cfg.output}")
             metrics = _run_or_reuse(runner, run_cfg, overwrite, log)
-            if before is None:
-                before = metrics.get("before", {}).get("accuracy")
-            after = metrics.get("after", {})
-            rows.append(
+            if first:
+                table["before_accuracy"] = metrics.get("before", {}).get("accuracy")
+                # Made here rather than before the loop so that options the first run rejects leave nothing behind
+                # (the main process's run made it already; torchrun's other processes ran in a scratch directory).
+                root.mkdir(parents=True, exist_ok=True)
+                first = False
+            before, after = table["before_accuracy"], metrics.get("after", {})
+            table["rows"].append(
                 {
                     "method": method,
                     "train_samples": size,
@@ -66,10 +74,7 @@ def sweep(
                     "run": run_cfg.output,
                 }
             )
-            table = {"dataset": name, "model": cfg.model.model, "k": cfg.data.k, "before_accuracy": before}
-            table["rows"] = rows
-            root.mkdir(parents=True, exist_ok=True)
-            atomic_write(root / "sweep.json", json.dumps(table, indent=2) + "\n")
+            out.write_json("sweep.json", table)
     log(format_sweep(table))
     return table
 
@@ -87,16 +92,14 @@ def _run_or_reuse(runner, cfg: RunConfig, overwrite: bool, log) -> dict:
 
 def format_sweep(table: dict) -> str:
     """Accuracy (%) after training: one row per training-set size, one column per method."""
+    from .evaluation.metrics import percent  # not at the top: abft.evaluation imports torch, `abft --help` does not
+
     methods = list(dict.fromkeys(r["method"] for r in table["rows"]))
     sizes = list(dict.fromkeys(r["train_samples"] for r in table["rows"]))
     cell = {(r["method"], r["train_samples"]): r["accuracy"] for r in table["rows"]}
-
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.2f}"
-
     lines = [f"{'train samples':<15}" + "".join(f"{m:>10}" for m in methods)]
-    lines += [f"{n:<15}" + "".join(f"{pct(cell.get((m, n))):>10}" for m in methods) for n in sizes]
-    lines.append(f"{'before':<15}{pct(table['before_accuracy']):>10}")
+    lines += [f"{n:<15}" + "".join(f"{percent(cell.get((m, n))):>10}" for m in methods) for n in sizes]
+    lines.append(f"{'before':<15}{percent(table['before_accuracy']):>10}")
     return "\n".join(lines)
 
 

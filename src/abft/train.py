@@ -58,11 +58,6 @@ class TrainingDiverged(UserError):
     pass
 
 
-def _decoder(model):
-    """The transformer without its LM head: ABFT needs no logits."""
-    return getattr(model, model.base_model_prefix, model)
-
-
 def schedule(n: int, epochs: int, pseudo_batch_size: int, seed: int) -> list[tuple[int, list[int]]]:
     """(epoch, prompt indices) of every optimiser step: a fresh permutation per epoch, from `seed` only."""
     generator = torch.Generator().manual_seed(seed)
@@ -151,7 +146,7 @@ def train(
                         if cfg.method == "e2e":
                             logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]
                         else:
-                            _decoder(model)(**batch.model_inputs())
+                            model.base_model(**batch.model_inputs())  # without the LM head: ABFT needs no logits
                     abft_loss, heads = objective(
                         cap.probs,
                         batch.label_positions,
@@ -219,6 +214,7 @@ def train(
                     on_step(record)
                 advance(1, loss=record.loss, heads=record.heads, A=controller.penalty)
     finally:
+        params.remove_hooks()
         if cfg.gradient_checkpointing:
             _disable_checkpointing(model)
         model.eval()

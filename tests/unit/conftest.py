@@ -20,3 +20,34 @@ def tiny_word_model_dir(tmp_path_factory):
     tiny_llama(attn_implementation="sdpa", max_position_embeddings=512).save_pretrained(path)
     tiny_tokenizer.word_tokenizer().save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def patch_runner(monkeypatch):
+    """Factory: make `abft run` / `evaluate` / `sweep` in this test use a tiny random Llama and the toy dataset,
+    with no progress bars and no HTML report (matplotlib is slow). Returns the list of models loaded so far.
+
+        loads = patch_runner()                                     # a fresh tiny Llama for every run
+        patch_runner(model=model, tokenizer=tok, dataset=ds)       # always these
+    """
+    from abft import runner
+
+    def patch(model=None, tokenizer=None, dataset=None) -> list:
+        from tiny_models import tiny_llama
+        from tiny_tokenizer import word_tokenizer
+        from toy_dataset import toy
+
+        tok = tokenizer if tokenizer is not None else word_tokenizer()
+        loads = []
+
+        def load_model(*args, **kwargs):
+            loads.append(model if model is not None else tiny_llama(max_position_embeddings=512))
+            return loads[-1], tok
+
+        monkeypatch.setattr(runner, "load_model", load_model)
+        monkeypatch.setattr(runner, "load_data", lambda spec: dataset if dataset is not None else toy(n_cal=16))
+        monkeypatch.setenv("ABFT_NO_PROGRESS", "1")
+        monkeypatch.setattr("abft.report.html.write_report", lambda path: Path(path) / "report.html")
+        return loads
+
+    return patch

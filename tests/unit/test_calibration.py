@@ -5,17 +5,19 @@ StaICC's ``standard_calibration.contextual_calibration`` is used only as a test 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from StaICC.prefabricate_inference.standard_calibration import contextual_calibration
 
-from abft.evaluation.calibration import CONTENT_FREE_INPUTS, apply_calibration, fit_contextual_calibration
+sys.path.insert(0, str(Path(__file__).parent))
+from random_probs import distributions, softmax_rows
 
-
-def test_content_free_inputs_of_the_paper():
-    assert CONTENT_FREE_INPUTS == ("N/A", "", "[MASK]")
+from abft.evaluation.calibration import apply_calibration, fit_contextual_calibration
 
 
 def test_fit_hand():
@@ -97,20 +99,9 @@ def test_against_staicc_contextual_calibration(seed, m, c, capsys):
     np.testing.assert_array_equal(ours.argmax(axis=1), theirs.argmax(axis=1))
     # Different probabilities: StaICC returns softmax(p / p_cf), we return (p / p_cf) renormalised.
     ratio = probs / np.asarray(cal.calibrationA)
-    expected_theirs = np.exp(ratio - ratio.max(axis=1, keepdims=True))
-    expected_theirs /= expected_theirs.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(theirs, expected_theirs, rtol=1e-9)
+    np.testing.assert_allclose(theirs, softmax_rows(ratio), rtol=1e-9)
     np.testing.assert_allclose(ours, ratio / ratio.sum(axis=1, keepdims=True), rtol=1e-4)  # 1e-5 start
     assert np.max(np.abs(ours - theirs)) > 0.05
-
-
-@st.composite
-def distributions(draw, n_min=1, n_max=20):
-    c = draw(st.integers(2, 6))
-    n = draw(st.integers(n_min, n_max))
-    raw = draw(st.lists(st.lists(st.floats(0.0, 1.0), min_size=c, max_size=c), min_size=n, max_size=n))
-    p = np.asarray(raw) + 1e-3
-    return p / p.sum(axis=1, keepdims=True)
 
 
 @settings(max_examples=75, deadline=None)
@@ -122,10 +113,9 @@ def test_uniform_content_free_prediction_is_identity(probs, m):
 
 
 @settings(max_examples=75, deadline=None)
-@given(distributions(), distributions())
-def test_calibration_properties(content_free, probs):
-    if content_free.shape[1] != probs.shape[1]:
-        probs = np.full((3, content_free.shape[1]), 1.0 / content_free.shape[1])
+@given(st.integers(2, 6).flatmap(lambda c: st.tuples(distributions(c), distributions(c))))
+def test_calibration_properties(content_free_and_probs):
+    content_free, probs = content_free_and_probs  # the same number of classes C
     c = content_free.shape[1]
     w = fit_contextual_calibration(content_free)
     out = apply_calibration(probs, w)

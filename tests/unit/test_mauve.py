@@ -21,13 +21,13 @@ from tiny_models import tiny_llama
 from tiny_tokenizer import word_tokenizer
 from toy_dataset import toy
 
-from abft import runner
 from abft.cli import main
 from abft.config import RunConfig
 from abft.data import load_dataset
 from abft.errors import UserError
 from abft.evaluation import mauve as mv
 from abft.evaluation.generation import generate_continuations, text_features
+from abft.models.params import BaseWeights
 
 pytest.importorskip("mauve", reason="mauve-text not installed (pip install 'abft[mauve]')")
 
@@ -111,9 +111,9 @@ def test_per_prefix_limits_match_generating_each_alone(model, tok):
     item = mv.PrefixItem("sentence : w1", "w2 w3 sentiment : positive")  # 5 reference tokens
     cfg = RunConfig()
     cfg.eval.mauve_max_new_tokens = 32
-    assert mv.MauveTest(model, tok, [item], "test", cfg, train=False).limits == [5]
+    assert mv.MauveTest(tok, [item], "test", cfg).limits == [5]
     cfg.eval.mauve_max_new_tokens = 3
-    assert mv.MauveTest(model, tok, [item, mv.PrefixItem("w1")], "test", cfg, train=False).limits == [3, 3]
+    assert mv.MauveTest(tok, [item, mv.PrefixItem("w1")], "test", cfg).limits == [3, 3]
 
 
 def test_features_do_not_depend_on_batching(model, tok):
@@ -129,7 +129,7 @@ def test_base_weights_featurise_with_the_base_model_and_restore_the_trained_one(
     model = tiny_llama(max_position_embeddings=512)
     texts = structured_texts(4)
     base_feats = text_features(model, tok, texts)
-    base = mv.BaseWeights(model)
+    base = BaseWeights(model)
     q = model.model.layers[0].self_attn.q_proj.weight
     with torch.no_grad():
         q.add_(0.5)  # "training"
@@ -147,7 +147,7 @@ def test_builtin_prefixes_come_from_the_staicc_test_split_deterministically():
     assert len(items) == 16 and items == mv.builtin_prefixes(ds, 16)
     originals = [ds.rows[i][0] for i in ds.test if len(ds.rows[i][0].split()) >= mv.MIN_WORDS][:16]
     for item, text in zip(items, originals, strict=True):
-        assert item.reference_text() == " ".join(text.split())
+        assert item.reference_text == " ".join(text.split())
         assert len(item.prefix.split()) == len(text.split()) // 2
 
 
@@ -159,7 +159,7 @@ def test_prefix_files_jsonl_and_plain_text(tmp_path):
     )
     items = mv.load_prefix_file(jsonl)
     assert [i.prefix for i in items] == ["The film was", "It", "No reference here"]
-    assert [i.reference_text() for i in items] == ["The film was very good", "It is.", None]
+    assert [i.reference_text for i in items] == ["The film was very good", "It is.", None]
     assert len(mv.load_prefix_file(jsonl, 2)) == 2
     plain = tmp_path / "p.txt"
     plain.write_text("one two three four five\nsolo\n")
@@ -172,14 +172,22 @@ def test_prefix_files_jsonl_and_plain_text(tmp_path):
         mv.load_prefix_file(tmp_path / "missing.txt")
 
 
+def test_texts_longer_than_the_context_are_a_user_error(tok):
+    cfg = RunConfig()
+    cfg.eval.mauve_test, cfg.eval.mauve_samples, cfg.eval.mauve_max_new_tokens = True, 8, 4
+    ds = toy(n_cal=16)
+    test = mv.prepare(tiny_llama(max_position_embeddings=512), tok, ds, cfg)
+    longest = max(max(map(len, test.prefix_ids)) + 4, *map(len, test.reference_ids))
+    assert mv.prepare(tiny_llama(max_position_embeddings=longest), tok, ds, cfg) is not None
+    message = f"a MAUVE text has {longest} tokens, more than the model's context of {longest - 1}; use shorter"
+    with pytest.raises(UserError, match=message):
+        mv.prepare(tiny_llama(max_position_embeddings=longest - 1), tok, ds, cfg)
+
+
 # ---------------------------------------------------------------------------------------------- runner
 @pytest.fixture
-def tiny_run(monkeypatch, model, tok):
-    fresh = tiny_llama(max_position_embeddings=512)  # training changes it
-    monkeypatch.setattr(runner, "load_model", lambda *a, **k: (fresh, tok))
-    monkeypatch.setattr(runner, "load_data", lambda spec: toy(n_cal=16))
-    monkeypatch.setenv("ABFT_NO_PROGRESS", "1")
-    monkeypatch.setattr("abft.report.html.write_report", lambda path: Path(path) / "report.html")  # matplotlib: slow
+def tiny_run(patch_runner, tok):
+    patch_runner(model=tiny_llama(max_position_embeddings=512), tokenizer=tok)  # not `model`: training changes it
     return ["--k", "1", "--test-samples", "4", "--eval-batch-size", "8", "--mauve-samples", "24"]
 
 

@@ -31,9 +31,9 @@ from abft.models.params import find_qk_slices, trained_tensors
 from abft.objectives import ABFTObjective
 from abft.report import figures
 from abft.report.commands import interpolate_runs
-from abft.report.discovery import circuit_heads, discover_heads, induction_stripe, prefix_matching_scores
+from abft.report.discovery import HeadsOptions, circuit_heads, discover_heads, induction_stripe, prefix_matching_scores
 from abft.report.html import write_report
-from abft.report.snapshot import RunSnapshot, example_attention
+from abft.report.snapshot import RunSnapshot, last_row
 from abft.train import train
 
 os.environ.setdefault("ABFT_NO_PROGRESS", "1")
@@ -186,8 +186,8 @@ def test_snapshot_norms_and_example_attention(tmp_path):
     assert example["prompt"]["tokens"] == [str(i) for i in prompt.input_ids]
     assert example["prompt"]["label_positions"] == prompt.label_positions
     assert not np.allclose(before, example["after"]["layer_mean"], atol=1e-4)
-    fresh = example_attention(model, prompt, 0)
-    np.testing.assert_allclose(fresh["layer_mean"], example["after"]["layer_mean"], atol=1e-6)
+    fresh = last_row(model, prompt, 0, ABFTObjective())[0].mean(1)  # (L, T) with the trained weights
+    np.testing.assert_allclose(fresh.numpy(), example["after"]["layer_mean"], atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------- heads
@@ -196,17 +196,22 @@ def test_heads_agree_with_the_training_filter():
     prompts = fake_prompts(12, k=1, seed=1)  # k=1: a low threshold, so some random heads pass
     model = tiny_llama(attn_implementation="sdpa")
     objective = ABFTObjective()
-    result = discover_heads(model, prompts, 0, 2, objective, min_rate=0.1, induction_length=8, induction_sequences=2)
+    opts = HeadsOptions(min_rate=0.1, induction_length=8, induction_sequences=2)
+    result = discover_heads(model, prompts, 0, 2, opts)
     use_last_row_attention(model)
-    per_prompt = []
+    per_prompt, correct = [], []
     for p in prompts:
         batch = collate([p], 0)
         with torch.no_grad(), capture_last_row(model) as cap:
             model.model(**batch.model_inputs())
         label_probs = objective.label_attention(cap.probs, batch.label_positions)
         per_prompt.append(objective.induction_heads(label_probs, batch.demo_labels >= 0, batch.lengths)[0].float())
+        correct.append(
+            label_probs[0, :, :, 0] if p.demo_labels[0] == p.gold else torch.zeros_like(label_probs[0, :, :, 0])
+        )
     rate = torch.stack(per_prompt).mean(0).numpy()
     abft = result["abft_filter"]
+    np.testing.assert_allclose(abft["correct_mass"], torch.stack(correct).mean(0).numpy(), atol=1e-6)  # k=1
     np.testing.assert_allclose(abft["induction_rate"], rate, atol=1e-6)  # heads.json keeps 6 decimals
     assert rate.sum() > 0, "the tiny model should have some heads passing the filter"
     listed = {str(layer): [h for h in range(rate.shape[1]) if rate[layer, h] >= 0.1] for layer in range(2)}
@@ -217,14 +222,12 @@ def test_heads_agree_with_the_training_filter():
 
 
 def test_circuit_threshold_by_hand():
-    label_probs = torch.tensor([0.30, 0.05, 0.01, 0.02]).view(1, 1, 1, 4).repeat(1, 1, 2, 1)
-    label_probs[0, 0, 1] = torch.tensor([0.01, 0.01, 0.01, 0.01])
-    valid = torch.tensor([[True, True, True, False]])
-    correct = torch.tensor([[True, False, False, False]])
-    magnitude, correct_pass, correctness = circuit_heads(label_probs, valid, correct, torch.tensor([50]), 2, 5.0)
-    # head 0: magnitude 0.36 > 0.1, correctness 0.30 - 0.06 = 0.24 > 0.05; head 1: 0.03 < 0.1, -0.01 < 0.05
-    assert magnitude[0, 0].tolist() == [True, False] and correct_pass[0, 0].tolist() == [True, False]
-    assert correctness[0, 0].tolist() == pytest.approx([0.24, -0.01])
+    # label attention of two heads on 3 demonstration labels (gold first): [0.30, 0.05, 0.01], [0.01, 0.01, 0.01]
+    magnitude = torch.tensor([0.36, 0.03]).view(1, 1, 2)  # label mass
+    correctness = torch.tensor([0.30 - 0.06, 0.01 - 0.02]).view(1, 1, 2)  # gold minus other labels' mass
+    mag_pass, correct_pass = circuit_heads(magnitude, correctness, torch.tensor([50]), 2, 5.0)
+    # threshold 5/50 = 0.1 for the magnitude, 0.1 / 2 classes = 0.05 for the correctness
+    assert mag_pass[0, 0].tolist() == [True, False] and correct_pass[0, 0].tolist() == [True, False]
 
 
 def test_prefix_matching_stripe_and_tiny_model():

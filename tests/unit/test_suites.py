@@ -1,4 +1,4 @@
-"""The robustness / generalization / bias / calibration protocols (abft.evaluation.suites and .variants).
+"""The evaluation protocols (abft.evaluation.suites, .protocols, .prompt_sets and .variants).
 
 Metric compositions use a fake scorer (a rule on each prompt, monkeypatched over score_prompts) so the
 expected numbers can be worked out by hand; prompt sets are checked against StaICC's own experimentors
@@ -29,10 +29,14 @@ from abft import runner
 from abft.cli import main
 from abft.config import RunConfig
 from abft.data import PAPER_DATASETS, demonstration_sets, load_dataset, test_pairs
+from abft.data.prompts import PromptBuilder
 from abft.errors import UserError
-from abft.evaluation import suites
+from abft.evaluation import scoring, suites
+from abft.evaluation.calibration import apply_calibration, calibrate_contextual, fit_contextual_calibration
 from abft.evaluation.metrics import classification_metrics
+from abft.evaluation.prompt_sets import PromptSets, bias_sets, calibration_sets, demo_sets, template_sets
 from abft.evaluation.variants import demo_consistency_pairs, unseen_label_pairs
+from abft.models.context import check_context
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def fake_scorer(monkeypatch):
             scored.extend(suites.ScoreCache.key(p, label_token_ids) for p in prompts)
             return np.array([rule(p, list(label_token_ids)) for p in prompts], dtype=np.float64)
 
-        monkeypatch.setattr(suites, "score_prompts", score)
+        monkeypatch.setattr(scoring, "score_prompts", score)
         return scored
 
     return install
@@ -76,17 +80,24 @@ def one_hot(c, label, high=0.7):
     return row
 
 
-def staicc(factory, **kwargs):
-    """Build a StaICC object quietly (it prints a lot and warns about 'tampering')."""
+def quiet(fn, *args, **kwargs):
+    """Call a StaICC function quietly (it prints a lot and warns about 'tampering')."""
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return factory(**kwargs)
+        return fn(*args, **kwargs)
 
 
-def quiet(fn, *args):
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(*args)
+def staicc_experimentor(kind: str, dataset: str = "financial_phrasebank", **kwargs):
+    """StaICC's `experimentor.<kind>` on its own copy of `dataset` with k = 4 (the installed wheel: an oracle)."""
+    from StaICC.util import experimentor, hgf_dataset_loader
+
+    data = quiet(getattr(hgf_dataset_loader, dataset))
+    return quiet(getattr(experimentor, kind), original_dataset=data, k=4, **kwargs)
+
+
+def staicc_sets(build, name: str = "financial_phrasebank") -> dict:
+    """Our prompt sets (a prompt_sets builder) for StaICC's 1024 test prompts with k = 4 and its exact text."""
+    return build(PromptSets(word_tokenizer(), make_cfg(k=4, n=1024, mode="staicc")), load_dataset(name))
 
 
 # ------------------------------------------------------------------------------------ template
@@ -110,22 +121,14 @@ def test_template_consistency_by_hand(tok, fake_scorer):
     assert suites.template_consistency(None, tok, ds, make_cfg(k=2, n=1000))["queries"] == 100
 
 
-def test_template_prompts_are_staiccs(tok):
+def test_template_prompts_are_staiccs():
     """The 9 x 100 prompts of the template test are StaICC's (staicc mode gives its exact text)."""
-    from StaICC.util import experimentor, hgf_dataset_loader
-
-    ds = load_dataset("financial_phrasebank")
-    exp = staicc(
-        experimentor.template_sensitivity_experimentor,
-        original_dataset=quiet(hgf_dataset_loader.financial_phrasebank),
-        k=4,
-        dividing=[1024, 512, 100],
-    )
-    sets = suites._template_sets(suites._Env(None, tok, make_cfg(k=4, n=1024, mode="staicc")), ds)
+    exp = staicc_experimentor("template_sensitivity_experimentor", dividing=[1024, 512, 100])
+    sets = staicc_sets(template_sets)
     assert len(sets) == 9
-    for t, (_, prompts) in enumerate(sets.values()):
+    for t, s in enumerate(sets.values()):
         quiet(exp._set_template, t)
-        assert [p.text for p in prompts] == quiet(exp.prompt_set)
+        assert [p.text for p in s.prompts] == quiet(exp.prompt_set)
 
 
 # -------------------------------------------------------------------------------- demonstrations
@@ -142,19 +145,10 @@ def test_demo_consistency_uses_lists_i_plus_128t():
     assert demo_consistency_pairs(small, 3)[7] == [(sets[7 + 20 * t], small.test[7]) for t in range(8)]
 
 
-def test_demo_prompts_are_staiccs(tok):
-    from StaICC.util import experimentor, hgf_dataset_loader
-
-    ds = load_dataset("financial_phrasebank")
-    exp = staicc(
-        experimentor.demonstration_sensitivity_experimentor,
-        original_dataset=quiet(hgf_dataset_loader.financial_phrasebank),
-        k=4,
-        dividing=[1024, 512, 512],
-    )
+def test_demo_prompts_are_staiccs():
+    exp = staicc_experimentor("demonstration_sensitivity_experimentor", dividing=[1024, 512, 512])
     theirs = quiet(exp.prompt_set)  # time-major: t * 128 + i
-    (_, prompts) = suites._demo_sets(suites._Env(None, tok, make_cfg(k=4, n=1024, mode="staicc")), ds)["demo"]
-    ours = [p.text for p in prompts]  # query-major: i * 8 + t
+    ours = [p.text for p in staicc_sets(demo_sets)["demo"].prompts]  # query-major: i * 8 + t
     assert len(ours) == len(theirs) == 1024
     assert ours == [theirs[t * 128 + i] for i in range(128) for t in range(8)]
 
@@ -176,7 +170,7 @@ def test_demo_consistency_by_hand(tok, fake_scorer):
 # -------------------------------------------------------------------------------- generalization
 def test_generalization_in_and_out_of_domain_by_hand(tok, fake_scorer):
     a, b, c = toy("a", ("negative", "positive")), toy("b", ("false", "true"), seed=1), toy("c", C3, seed=2)
-    a_ids = suites._Env(None, tok, make_cfg()).builder(a.info).label_token_ids
+    a_ids = PromptSets(tok, make_cfg()).builder(a.info).label_token_ids
     fake_scorer(lambda p, ids: one_hot(len(ids), p.gold if ids == a_ids else 0))  # right on a only
     cfg = make_cfg(k=2, n=10)
     res = suites.generalization(None, tok, a, cfg, datasets=[a, b, c])
@@ -231,10 +225,8 @@ def test_unseen_label_sampler_never_shows_the_gold_label(name):
 
 
 def test_unseen_label_sampler_is_staiccs_out_of_domain_mode():
-    from StaICC.util import experimentor, hgf_dataset_loader
-
     ds = load_dataset("trec")
-    exp = staicc(experimentor.single_experimentor, original_dataset=quiet(hgf_dataset_loader.trec), k=4)
+    exp = staicc_experimentor("single_experimentor", "trec")
     quiet(exp.set_out_of_domain_mode)
     ours = unseen_label_pairs(ds, 4, 1024)
     assert [demos for demos, _ in ours] == [
@@ -303,25 +295,21 @@ def test_bias_metrics_by_hand(tok, fake_scorer):
     assert suites.bias(None, tok, ds, make_cfg(k=0, n=4))["label_noise"] is None
 
 
-def test_bias_prompts_are_staiccs(tok):
+def test_bias_prompts_are_staiccs():
     """Contextual (empty query), domain (128 random words) and the 5 label-noise levels, all 1024 prompts."""
-    from StaICC.util import experimentor, hgf_dataset_loader
-
-    fpb = hgf_dataset_loader.financial_phrasebank
     split = [1024, 512, 512]
-    ds = load_dataset("financial_phrasebank")
-    sets = suites._bias_sets(suites._Env(None, tok, make_cfg(k=4, n=1024, mode="staicc")), ds)
+    sets = staicc_sets(bias_sets)
     for kind in ("contextual", "domain"):
-        exp = staicc(
-            experimentor.prior_bias_experimentor, original_dataset=quiet(fpb), k=4, dividing=split, bias_type=kind
-        )
-        assert [p.text for p in sets[kind][1]] == quiet(exp.prompt_set), kind
-    gler = staicc(experimentor.GLER_experimentor, original_dataset=quiet(fpb), k=4, dividing=split)
+        exp = staicc_experimentor("prior_bias_experimentor", dividing=split, bias_type=kind)
+        assert [p.text for p in sets[kind].prompts] == quiet(exp.prompt_set), kind
+    gler = staicc_experimentor("GLER_experimentor", dividing=split)
     quiet(gler._sensitivity_init)
-    for level in range(5):
-        assert [p.text for p in sets[f"noise {level}"][1]] == quiet(gler.prompt_set), level
+    noise = [s for s in sets.values() if s.wrong is not None]
+    assert [s.wrong for s in noise] == [0, 1, 2, 3, 4]
+    for level, s in enumerate(noise):
+        assert [p.text for p in s.prompts] == quiet(gler.prompt_set), level
         quiet(gler._sensitivity_step)
-    assert [p.text for p in sets["noise 0"][1]] == [p.text for p in sets["normal"][1]]
+    assert noise[0].prompts is sets["normal"].prompts  # no wrong label: the normal prompts, not built again
 
 
 # ----------------------------------------------------------------------------------- calibration
@@ -360,12 +348,11 @@ def test_calibration_by_hand(tok, fake_scorer):
 
 def test_content_free_prompts_keep_the_demonstrations(tok):
     ds = toy()
-    env = suites._Env(None, tok, make_cfg(k=3, n=5))
-    sets = suites._calibration_sets(env, ds)
-    builder, normal = sets["normal"]
+    sets = calibration_sets(PromptSets(tok, make_cfg(k=3, n=5)), ds)
+    builder, normal = sets["normal"].builder, sets["normal"].prompts
     for j, (demos, _) in enumerate(test_pairs(ds, 3, 5)):
         for text in ("N/A", "", "[MASK]"):
-            p = sets[f"content-free {text!r}"][1][j]
+            p = sets[f"content-free {text!r}"].prompts[j]
             assert p.text == builder.render([ds.rows[i] for i in demos], (text, 0))[0]
             assert p.demo_labels == normal[j].demo_labels and p.gold == normal[j].gold
 
@@ -378,9 +365,11 @@ def test_each_prompt_is_scored_once_per_stage(tok, fake_scorer):
     cfg.eval.bias_test = cfg.eval.calibration = True
     logs = []
     out = suites.run_suites(None, tok, ds, cfg, log=logs.append)
-    assert list(out) == ["template", "demo", "unseen_label", "bias", "calibration"]
+    assert [key for key in out if key in suites.SUITES] == ["template", "demo", "unseen_label", "bias", "calibration"]
+    assert out["accuracy"] == out["unseen_label"]["normal"]["accuracy"]  # the normal test, at the top level
     assert len(scored) == len(set(scored))
-    assert len(logs) == 5
+    assert len(logs) == 6 and logs[0].strip().startswith(": accuracy ") and "(8 prompts)" in logs[0]
+    assert "x 9 templates" in logs[1]
 
 
 def test_flags_parse():
@@ -392,28 +381,25 @@ def test_flags_parse():
     ev = _config(args).eval
     assert ev.test_type == ("normal", "demo") and ev.generalization_test and ev.unseen_label_test and ev.bias_test
     assert not ev.calibration
-    assert RunConfig().eval.test_type == ("normal",) and suites.selected(RunConfig()) == []
+    assert RunConfig().eval.test_type == ("normal",) and suites.selected(RunConfig()) == ["normal"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--test-type", "noisy"])
 
 
 @pytest.fixture
-def tiny_run(monkeypatch, tok):
-    model = tiny_llama(max_position_embeddings=512)
-    ds = toy(n_cal=16)
-    monkeypatch.setattr(runner, "load_model", lambda *a, **k: (model, tok))
-    monkeypatch.setattr(runner, "load_data", lambda spec: ds)
-    monkeypatch.setenv("ABFT_NO_PROGRESS", "1")
-    monkeypatch.setattr("abft.report.html.write_report", lambda path: Path(path) / "report.html")  # matplotlib: slow
+def tiny_run(patch_runner, tok):
+    patch_runner(model=tiny_llama(max_position_embeddings=512), tokenizer=tok, dataset=toy(n_cal=16))
     return ["--k", "1", "--test-samples", "4", "--eval-batch-size", "4"]
+
+
+TRAIN = ["--train-samples", "2", "--pseudo-batch-size", "2", "--epochs", "1", "--lr", "1e-3", "--no-save"]
+ALL_FLAGS = ["--test-type", "normal", "template", "demo", "--generalization-test", "--unseen-label-test"]
+ALL_FLAGS += ["--bias-test", "--calibration"]
 
 
 def test_run_writes_every_protocol_before_and_after(tiny_run, tmp_path, capsys):
     out = tmp_path / "run"
-    train = ["--train-samples", "2", "--pseudo-batch-size", "2", "--epochs", "1", "--lr", "1e-3", "--no-save"]
-    flags = ["--test-type", "normal", "template", "demo", "--generalization-test", "--unseen-label-test"]
-    flags += ["--bias-test", "--calibration"]
-    assert main(["run", *tiny_run, *train, *flags, "--output", str(out)]) == 0
+    assert main(["run", *tiny_run, *TRAIN, *ALL_FLAGS, "--output", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["eval"]["test_type"] == ["normal", "template", "demo"]
     assert all(config["eval"][f] for f in ("generalization_test", "unseen_label_test", "bias_test", "calibration"))
@@ -428,7 +414,33 @@ def test_run_writes_every_protocol_before_and_after(tiny_run, tmp_path, capsys):
     assert [r["domain"] for r in table["rows"]].count("in") == 1
     assert "out-of-domain mean" in capsys.readouterr().out
     timings = json.loads((out / "timings.json").read_text())
-    assert "after_bias_seconds" in timings
+    assert "after_bias_seconds" in timings and "before_test_seconds" in timings  # the normal test: "test"
+
+
+def test_no_prompt_set_is_built_twice_per_run(tiny_run, tmp_path, monkeypatch):
+    """Prompts do not depend on the weights: every set is built once, before the run (not per stage), and a
+    set that several protocols use (the normal test prompts, the empty-query prompts) only once."""
+    built, at_run = [], []
+    build_many, run = PromptBuilder.build_many, runner._run
+
+    def counting_build_many(self, examples):
+        prompts = build_many(self, examples)
+        built.append((tuple(self.label_token_ids), tuple(p.text for p in prompts)))
+        return prompts
+
+    def counting_run(*args, **kwargs):
+        at_run.append(len(built))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(PromptBuilder, "build_many", counting_build_many)
+    monkeypatch.setattr(runner, "_run", counting_run)
+    assert main(["run", *tiny_run, *TRAIN, *ALL_FLAGS, "--output", str(tmp_path / "run")]) == 0
+    assert at_run == [len(built)]  # nothing is built once the run has started (neither stage)
+    assert len(built) == len(set(built))  # no set twice
+    # test + train prompts, 8 templates (template 0 = the test prompts), demo, 8 paper datasets (the toy one is the
+    # test prompts), unseen + 0-shot, contextual (= content-free "") + domain + 1 noise level (k = 1: wrong labels
+    # 0, 0, 0, 0, 1), content-free "N/A" and "[MASK]"
+    assert len(built) == 2 + 8 + 1 + 8 + 2 + 3 + 2
 
 
 def test_default_and_template_only_runs(tiny_run, tmp_path):
@@ -439,3 +451,27 @@ def test_default_and_template_only_runs(tiny_run, tmp_path):
     assert main(["evaluate", *tiny_run, "--test-type", "template", "--output", str(tmp_path / "tpl")]) == 0
     tpl = json.loads((tmp_path / "tpl" / "metrics.json").read_text())
     assert set(tpl["before"]) == {"template"} and "accuracy_gain" not in tpl
+    first = tpl["before"]["template"]["templates"][0]  # the default template on all 4 test prompts: the normal test
+    assert first["accuracy"] == plain["before"]["accuracy"] and first["label_affix"] == "\n"
+
+
+# --------------------------------------------------------------------------------- calibration, context
+def test_batched_calibration_is_the_per_prompt_one_bit_for_bit():
+    rng = np.random.default_rng(0)
+    probs, cf = rng.dirichlet(np.ones(4), 50), rng.dirichlet(np.ones(4), (50, 3))
+    expected = np.stack([apply_calibration(probs[j], fit_contextual_calibration(cf[j])) for j in range(50)])
+    np.testing.assert_array_equal(calibrate_contextual(probs, cf), expected)
+    with pytest.raises(ValueError, match="content-free mean probability is 0"):
+        calibrate_contextual(probs[:1], np.array([[[0.5, 0.5, 0.0, 0.0]]]))
+    with pytest.raises(ValueError, match=r"\(N, M, C\)"):
+        calibrate_contextual(probs, cf[:, 0])
+
+
+def test_check_context():
+    model = tiny_llama()  # 128 positions
+    check_context(model, [128, 5])
+    with pytest.raises(UserError, match="a MAUVE text has 129 tokens, more than the model's context of 128; shorter"):
+        check_context(model, [3, 129], "a MAUVE text", "shorter")
+    prompt = type("P", (), {"input_ids": list(range(200))})()
+    with pytest.raises(UserError, match="a prompt has 200 tokens.*; lower --k"):
+        check_context(model, [prompt])

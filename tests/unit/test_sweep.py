@@ -3,38 +3,22 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import tiny_llama
-from tiny_tokenizer import word_tokenizer
-from toy_dataset import toy
-
 from abft import runner
 from abft.cli import main
-from abft.sweep import format_sweep
+from abft.config import RunConfig
+from abft.sweep import format_sweep, sweep
 
 SMALL = ["--k", "1", "--test-samples", "4", "--eval-batch-size", "4", "--pseudo-batch-size", "2", "--epochs", "1"]
 SMALL += ["--lr", "1e-3", "--no-save"]
 
 
 @pytest.fixture
-def tiny(monkeypatch):
-    tok = word_tokenizer()
-    loads = []
-
-    def load_model(*args, **kwargs):
-        loads.append(1)
-        return tiny_llama(max_position_embeddings=512), tok  # a fresh base model for every run
-
-    monkeypatch.setattr(runner, "load_model", load_model)
-    monkeypatch.setattr(runner, "load_data", lambda spec: toy(n_cal=16))
-    monkeypatch.setenv("ABFT_NO_PROGRESS", "1")
-    monkeypatch.setattr("abft.report.html.write_report", lambda path: Path(path) / "report.html")  # matplotlib: slow
-    return loads
+def tiny(patch_runner):
+    return patch_runner()  # a fresh base model for every run; the list of models loaded
 
 
 def test_sweep_table_and_reuse(tiny, tmp_path, monkeypatch, capsys):
@@ -66,6 +50,28 @@ def test_sweep_table_and_reuse(tiny, tmp_path, monkeypatch, capsys):
     assert json.loads((out / "sweep.json").read_text()) == table
 
 
-def test_sweep_bad_sizes(tiny, tmp_path, capsys):
+def test_only_the_first_run_tests_the_base_model_even_when_it_records_no_accuracy(tmp_path, monkeypatch):
+    runs = []
+
+    def fake_run(cfg, train, overwrite, log):  # e.g. a test type without the normal test: no "before" accuracy
+        runs.append(cfg)
+        return {"before": {}, "after": {"accuracy": 0.5}} if cfg.eval.fore_test else {"after": {"accuracy": 0.75}}
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig()
+    cfg.data.dataset = "sst2"
+    table = sweep(cfg, sizes=(2, 4), methods=("abft", "e2e"), log=lambda *a: None)
+    assert [c.eval.fore_test for c in runs] == [True, False, False, False]
+    assert table["before_accuracy"] is None and [r["gain"] for r in table["rows"]] == [None] * 4
+    root = Path(runs[0].output).parent  # runner.default_output's name, with "sweep" for the method
+    assert root.parent == Path("runs") and root.name.startswith("sst2-sweep-")
+    assert json.loads((root / "sweep.json").read_text()) == table
+
+
+def test_sweep_bad_options_leave_nothing_behind(tiny, tmp_path, capsys):
     assert main(["sweep", *SMALL, "--sizes", "0", "--output", str(tmp_path / "s")]) == 2
     assert "--sizes" in capsys.readouterr().err
+    assert main(["sweep", *SMALL, "--test-samples", "0", "--output", str(tmp_path / "s")]) == 2  # runner's check
+    assert "--test-samples must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -87,18 +87,19 @@ def staicc_split(n_rows: int, sizes: tuple[int, int, int]) -> tuple[list[int], l
     return idx[:cal], idx[cal : cal + demo], idx[cal + demo :]
 
 
-def demonstration_sets(dataset: Dataset, k: int, n: int = 1024) -> list[list[int]]:
-    """StaICC's demonstration sampler: a fresh LCG(42) draws n lists of k demonstrations.
+def demonstration_sets(dataset: Dataset, k: int, n: int = 1024, rng: LCG | None = None) -> list[list[int]]:
+    """StaICC's demonstration sampler: a fresh LCG(42) (or `rng`, which it advances) draws n lists of k.
 
     Indices are into `dataset.rows`. Within a list the k demonstrations are distinct unless k exceeds
-    the demonstration pool (then StaICC draws with repetition). Lists are not class-balanced.
+    the demonstration pool (then StaICC draws with repetition). Lists are not class-balanced. Passing
+    `rng` lets a caller keep drawing from the same generator (the unseen-label sampler's replacements).
     """
     if k < 0 or n < 0:
         raise UserError(f"k and n must be >= 0 (got k={k}, n={n})")
     pool = dataset.demonstration
     if k > 0 and not pool:
         raise UserError(f"dataset '{dataset.info.name}' has an empty demonstration split; use more rows")
-    rng = LCG()
+    rng = LCG() if rng is None else rng
     repeat = k > len(pool)
     return [[pool[i] for i in rng.sample_index_set(k, len(pool), repeat)] for _ in range(n)]
 

@@ -17,14 +17,15 @@ Reference points:
   renormalised ``p / p_cf``. The argmax is the same as ours, the probabilities are not.
 
 The prompt construction (which content-free strings, how many demonstration sets) belongs to the caller;
-this module only does the arithmetic.
+this module only does the arithmetic: one W for many predictions (``fit_contextual_calibration`` +
+``apply_calibration``), or one p_cf per prediction for a whole batch at once (``calibrate_contextual``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CONTENT_FREE_INPUTS", "apply_calibration", "fit_contextual_calibration"]
+__all__ = ["CONTENT_FREE_INPUTS", "apply_calibration", "calibrate_contextual", "fit_contextual_calibration"]
 
 CONTENT_FREE_INPUTS: tuple[str, ...] = ("N/A", "", "[MASK]")
 """Content-free query texts of Zhao et al. 2021 (StaICC uses only ``""``)."""
@@ -71,6 +72,32 @@ def apply_calibration(probs: np.ndarray, W: np.ndarray) -> np.ndarray:
     if np.any(p < 0) or np.any(w < 0):
         raise ValueError("probs and W must be non-negative")
     q = p @ w.T
+    total = q.sum(axis=-1, keepdims=True)
+    if np.any(total <= 0):
+        raise ValueError("a calibrated row has no probability mass (all zero); cannot renormalise")
+    return q / total
+
+
+def calibrate_contextual(probs: np.ndarray, content_free_probs: np.ndarray) -> np.ndarray:
+    """Calibrate each prediction with its own content-free prompts, for all N at once; (N, C) float64.
+
+    ``probs`` is (N, C); ``content_free_probs`` is (N, M, C): row j holds the M content-free distributions
+    of prediction j (e.g. the same demonstrations with a content-free query). Row j of the result equals
+    ``apply_calibration(probs[j], fit_contextual_calibration(content_free_probs[j]))``: p_cf = the mean over
+    the M rows, normalised; q = (p / p_cf) / sum(p / p_cf). Raises ValueError as those two do.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    cf = np.asarray(content_free_probs, dtype=np.float64)
+    if p.ndim != 2 or cf.ndim != 3 or cf.shape[0] != p.shape[0] or cf.shape[2] != p.shape[1] or 0 in cf.shape:
+        raise ValueError(f"need probs (N, C) and content_free_probs (N, M, C), got {p.shape} and {cf.shape}")
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(cf))) or np.any(p < 0) or np.any(cf < 0):
+        raise ValueError("probs and content_free_probs must be finite and non-negative probabilities")
+    p_cf = cf.mean(axis=1)
+    if np.any(p_cf <= 0):
+        rows, labels = np.nonzero(p_cf <= 0)
+        raise ValueError(f"content-free mean probability is 0 for label {labels[0]} of row {rows[0]}; cannot calibrate")
+    p_cf = p_cf / p_cf.sum(axis=1, keepdims=True)
+    q = p * (1.0 / p_cf)  # = p @ diag(1 / p_cf), bit for bit
     total = q.sum(axis=-1, keepdims=True)
     if np.any(total <= 0):
         raise ValueError("a calibrated row has no probability mass (all zero); cannot renormalise")

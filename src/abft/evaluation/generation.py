@@ -7,9 +7,11 @@ Generation: batches of left-padded prefixes (in the given order) through `model.
 argmax decoding, "sample" is nucleus sampling (top-p TOP_P, temperature 1, no top-k) from a torch RNG
 seeded with `seed` inside `torch.random.fork_rng`, so the caller's random state (training's) is untouched
 and the same (prefixes, limits, seed, batch size) always gives the same texts. A continuation stops at EOS,
-after `max_new_tokens` (or its own entry of `limits`), and (`stop_at_newline`) is cut before its first
-newline: reference continuations are single lines of text. Prefixes are batched by descending limit (ties in
-input order) so a batch wastes few steps; results come back in input order.
+after `max_new_tokens` (or its own entry of `limits`), and is cut before its first newline: reference
+continuations are single lines of text. Prefixes are batched by descending limit (ties in input order) so a
+batch wastes few steps; results come back in input order.
+
+Both functions take texts, or their token ids (lists of ints) when the caller has tokenised them already.
 
 Features: the final hidden state (after the last norm, `model.base_model`) of each text, at its last token
 ("last", what MAUVE's own GPT-2 featuriser uses) or averaged over its tokens ("mean").
@@ -22,20 +24,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from abft.batching import left_pad
+
 DECODINGS = ("sample", "greedy")
 POOLINGS = ("last", "mean")
 TOP_P = 0.95
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
+def _encode(tokenizer, texts: Sequence[str | Sequence[int]]) -> list[list[int]]:
+    """Token ids of each text; an entry that is token ids already is taken as it is."""
+    return [list(tokenizer(t)["input_ids"] if isinstance(t, str) else t) for t in texts]
 
 
 def _device(model) -> torch.device:
@@ -53,12 +51,11 @@ def _continuation(tokenizer, prefix_ids: list[int], new_ids: list[int]) -> str:
 def generate_continuations(
     model,
     tokenizer,
-    prefixes: Sequence[str],
+    prefixes: Sequence[str | Sequence[int]],
     max_new_tokens: int = 32,
     decoding: str = "sample",
     seed: int = 0,
     batch_size: int = 16,
-    stop_at_newline: bool = True,
     limits: Sequence[int] | None = None,
 ) -> tuple[list[str], list[int]]:
     """(continuation texts, generated token counts) of `prefixes`, in order; see the module docstring.
@@ -70,7 +67,7 @@ def generate_continuations(
     device = _device(model)
     pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id
-    encoded = [tokenizer(p)["input_ids"] for p in prefixes]
+    encoded = _encode(tokenizer, prefixes)
     limits = [max_new_tokens] * len(prefixes) if limits is None else [int(n) for n in limits]
     options: dict = {"pad_token_id": pad, "eos_token_id": eos}
     if decoding == "sample":
@@ -88,36 +85,32 @@ def generate_continuations(
             steps = max(limits[i] for i in batch)
             if steps < 1:
                 continue
-            ids, mask, _ = _left_pad([encoded[i] for i in batch], pad, device)
+            ids, mask, _ = (t.to(device) for t in left_pad([encoded[i] for i in batch], pad))
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, **options)
             for i, generated in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
                 generated = generated[: limits[i]]
                 if eos is not None and eos in generated:
                     generated = generated[: generated.index(eos)]
                 generated = [t for t in generated if t != pad]  # rows finished early are padded
-                text = _continuation(tokenizer, list(encoded[i]), generated)
-                if stop_at_newline:
-                    text = text.split("\n", 1)[0]
-                texts[i] = text.rstrip()
+                texts[i] = _continuation(tokenizer, encoded[i], generated).split("\n", 1)[0].rstrip()
                 counts[i] = len(generated)
     return texts, counts
 
 
 @torch.no_grad()
 def text_features(
-    model, tokenizer, texts: Sequence[str], pooling: str = "last", batch_size: int = 16, max_tokens: int | None = None
+    model, tokenizer, texts: Sequence[str | Sequence[int]], pooling: str = "last", batch_size: int = 16
 ) -> np.ndarray:
     """(N, hidden) float32: the final hidden state of each text at its last token or averaged (see above)."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     device = _device(model)
-    encoded = [tokenizer(t)["input_ids"] or [tokenizer.eos_token_id] for t in texts]
-    if max_tokens:
-        encoded = [row[-max_tokens:] for row in encoded]
+    encoded = [ids or [tokenizer.eos_token_id] for ids in _encode(tokenizer, texts)]
     decoder = model.base_model
     out = []
     for start in range(0, len(encoded), batch_size):
-        ids, mask, positions = _left_pad(encoded[start : start + batch_size], tokenizer.pad_token_id, device)
+        padded = left_pad(encoded[start : start + batch_size], tokenizer.pad_token_id)
+        ids, mask, positions = (t.to(device) for t in padded)
         hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state  # (B, T, H)
         hidden = hidden.float()
         if pooling == "last":

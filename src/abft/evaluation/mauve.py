@@ -1,6 +1,6 @@
 """MAUVE of generated continuations against reference continuations, before and after fine-tuning.
 
-    test = prepare(model, tokenizer, dataset, cfg, train=True)   # None unless --mauve-test / --mauve-prefix
+    test = prepare(model, tokenizer, dataset, cfg, base)   # None unless --mauve-test / --mauve-prefix
     metrics["before"]["mauve"] = test.run(model, "before", run_dir)
     ... training ...
     metrics["after"]["mauve"] = test.run(model, "after", run_dir)
@@ -39,12 +39,15 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from abft.errors import UserError
+from abft.models.context import check_context
+from abft.models.params import BaseWeights
+from abft.rundir import atomic_write
 
 from .generation import DECODINGS, generate_continuations, text_features
 
@@ -60,14 +63,12 @@ class PrefixItem:
     prefix: str
     reference: str | None = None  # the continuation written by a person, without the prefix
 
+    @cached_property
     def reference_text(self) -> str | None:
+        """The full reference text, prefix + continuation (see the module docstring); None without a reference."""
         if self.reference is None:
             return None
-        return join(self.prefix, self.reference if self.reference[:1].isspace() else " " + self.reference)
-
-
-def join(prefix: str, continuation: str) -> str:
-    return prefix + continuation
+        return self.prefix + (self.reference if self.reference[:1].isspace() else " " + self.reference)
 
 
 def split_text(text: str) -> PrefixItem:
@@ -176,96 +177,68 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = MAUV
     }
 
 
-class BaseWeights:
-    """Copies of the tensors training may change (W_Q/W_K and their biases, or the LoRA adapters), taken
-    before training; `applied(model)` puts them back for a while, e.g. to featurise with the base model."""
-
-    def __init__(self, model) -> None:
-        from abft.models.lora import has_lora
-        from abft.models.params import find_qk_slices
-
-        if has_lora(model):
-            names = {n for n, _ in model.named_parameters() if "lora_" in n}
-        else:
-            slices = find_qk_slices(model)
-            names = {s.param for s in slices} | {s.bias for s in slices if s.bias}
-        self.saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
-
-    @contextlib.contextmanager
-    def applied(self, model):
-        params = dict(model.named_parameters())
-        current = {n: params[n].detach().clone() for n in self.saved}
-        with torch.no_grad():
-            for n, value in self.saved.items():
-                params[n].copy_(value)
-        try:
-            yield model
-        finally:
-            with torch.no_grad():
-                for n, value in current.items():
-                    params[n].copy_(value)
-
-
 class MauveTest:
     """One prefix set, generated from and scored at each stage; see the module docstring."""
 
-    def __init__(self, model, tokenizer, items: Sequence[PrefixItem], source: str, cfg, train: bool = True) -> None:
+    def __init__(
+        self, tokenizer, items: Sequence[PrefixItem], source: str, cfg, base: BaseWeights | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.items = list(items)
         self.source = source
         self.ev = cfg.eval
         self.seed = cfg.seed
-        self.base = BaseWeights(model) if train else None
-        self.references = [t for t in (item.reference_text() for item in self.items) if t is not None]
-        self.limits = [self._limit(item) for item in self.items]
+        self.base = base  # the run's W_Q/W_K before training; None: the model is never trained
+        # Each text is tokenised once, here: the prefixes for every stage's generation, the references for their
+        # features, and both for the per-prefix limits and prepare's context check.
+        self.prefix_ids = [tokenizer(item.prefix)["input_ids"] for item in self.items]
+        references = [item.reference_text for item in self.items]
+        reference_ids = [None if text is None else tokenizer(text)["input_ids"] for text in references]
+        self.reference_ids = [ids for ids in reference_ids if ids is not None]
+        # new tokens at most per prefix: its reference continuation's length in tokens, capped
+        cap = self.ev.mauve_max_new_tokens
+        self.limits = [
+            cap if ref is None else max(1, min(cap, len(ref) - len(prefix)))
+            for prefix, ref in zip(self.prefix_ids, reference_ids, strict=True)
+        ]
         self.reference_features: np.ndarray | None = None
         self.before_features: np.ndarray | None = None
-
-    def _limit(self, item: PrefixItem) -> int:
-        """New tokens at most for `item`: its reference continuation's length in tokens, capped."""
-        cap = self.ev.mauve_max_new_tokens
-        full = item.reference_text()
-        if full is None:
-            return cap
-        tokens = len(self.tokenizer(full)["input_ids"]) - len(self.tokenizer(item.prefix)["input_ids"])
-        return max(1, min(cap, tokens))
 
     def _base(self, model):
         return self.base.applied(model) if self.base else contextlib.nullcontext(model)
 
-    def features(self, model, texts: Sequence[str]) -> np.ndarray:
+    def features(self, model, texts: Sequence[str | Sequence[int]]) -> np.ndarray:
         """Features of `texts` with the base weights (see the module docstring)."""
         with self._base(model):
             return text_features(model, self.tokenizer, texts, POOLING, self.ev.eval_batch_size)
 
     def run(self, model, stage: str, run_dir: str | Path | None = None, log=print, timings: dict | None = None) -> dict:
         t = time.perf_counter()
-        prefixes = [item.prefix for item in self.items]
         continuations, counts = generate_continuations(
             model,
             self.tokenizer,
-            prefixes,
+            self.prefix_ids,
             self.ev.mauve_max_new_tokens,
             self.ev.mauve_decoding,
             self.seed,
             self.ev.eval_batch_size,
             limits=self.limits,
         )
-        generated = [join(p, c) for p, c in zip(prefixes, continuations, strict=True)]
-        if self.references and self.reference_features is None:
-            self.reference_features = self.features(model, self.references)
+        generated = [item.prefix + c for item, c in zip(self.items, continuations, strict=True)]
+        if self.reference_ids and self.reference_features is None:
+            self.reference_features = self.features(model, self.reference_ids)
         feats = self.features(model, generated)
         result: dict = {"mauve": None}
-        if self.references:
+        if self.reference_ids:
             result.update(mauve_score(self.reference_features, feats))
-        if stage == "after" and self.before_features is not None:
+        if self.before_features is not None:  # only set by the before stage
             result["vs_before"] = mauve_score(self.before_features, feats)
         if stage == "before":
             self.before_features = feats
         result.update(
             {
-                "prefixes": len(prefixes),
-                "references": len(self.references),
+                "prefixes": len(self.items),
+                "references": len(self.reference_ids),
                 "mean_new_tokens": float(np.mean(counts)) if counts else 0.0,
                 "decoding": self.ev.mauve_decoding,
                 "max_new_tokens": self.ev.mauve_max_new_tokens,
@@ -274,8 +247,6 @@ class MauveTest:
             }
         )
         if run_dir is not None:
-            from abft.rundir import atomic_write
-
             lines = [
                 json.dumps({"prefix": item.prefix, "reference": item.reference, "continuation": c}) + "\n"
                 for item, c in zip(self.items, continuations, strict=True)
@@ -300,14 +271,13 @@ def summary(result: dict) -> str:
     )
 
 
-def prepare(model, tokenizer, dataset, cfg, train: bool = True) -> MauveTest | None:
-    """Check the MAUVE options and build the prefix set before a run starts; None when not asked for."""
+def prepare(model, tokenizer, dataset, cfg, base: BaseWeights | None = None) -> MauveTest | None:
+    """Check the MAUVE options and build the prefix set before a run starts; None when not asked for.
+
+    --mauve-samples and --mauve-max-new-tokens are checked earlier, with the other sizes, by runner._validate."""
     ev = cfg.eval
     if not (ev.mauve_test or ev.mauve_prefix):
         return None
-    for flag, value in (("--mauve-samples", ev.mauve_samples), ("--mauve-max-new-tokens", ev.mauve_max_new_tokens)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
     if ev.mauve_decoding not in DECODINGS:
         raise UserError(f"--mauve-decoding must be one of {', '.join(DECODINGS)}, got {ev.mauve_decoding!r}")
     require_mauve()
@@ -322,14 +292,8 @@ def prepare(model, tokenizer, dataset, cfg, train: bool = True) -> MauveTest | N
     items = [item for item in items if item.prefix]
     if len(items) < MIN_PREFIXES:
         raise UserError(f"--mauve-test needs at least {MIN_PREFIXES} non-empty prefixes, found {len(items)} in {where}")
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    if limit:
-        longest = max(len(tokenizer(item.prefix)["input_ids"]) for item in items) + ev.mauve_max_new_tokens
-        refs = [len(tokenizer(t)["input_ids"]) for t in (item.reference_text() for item in items) if t is not None]
-        longest = max([longest, *refs])
-        if longest > limit:
-            raise UserError(
-                f"a MAUVE text has {longest} tokens, more than the model's context of {limit}; "
-                "use shorter prefixes or a lower --mauve-max-new-tokens"
-            )
-    return MauveTest(model, tokenizer, items, source, cfg, train)
+    test = MauveTest(tokenizer, items, source, cfg, base)
+    longest_generated = max(map(len, test.prefix_ids)) + ev.mauve_max_new_tokens  # a prefix and all its new tokens
+    lengths = [longest_generated, *map(len, test.reference_ids)]
+    check_context(model, lengths, "a MAUVE text", "use shorter prefixes or a lower --mauve-max-new-tokens")
+    return test

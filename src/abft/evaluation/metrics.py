@@ -33,6 +33,7 @@ __all__ = [
     "expected_calibration_error",
     "label_noise_slope",
     "macro_f1",
+    "percent",
     "posterior_bias",
     "true_label_likelihood",
 ]
@@ -94,6 +95,47 @@ def _probs_and_gold(probs, gold) -> tuple[np.ndarray, np.ndarray]:
     return p, _check_gold(gold, p.shape[0], p.shape[1])
 
 
+def _check_bins(bins) -> int:
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    return int(bins)
+
+
+# ------------------------------------------------------------------- classification, unchecked
+# These take arrays the public functions below have checked (p: float64 (N, C) distributions, g: int64 gold)
+# and the argmax predictions `pred`, so classification_metrics checks its input and takes the argmax once.
+def _accuracy(pred: np.ndarray, g: np.ndarray) -> float:
+    return float(np.mean(pred == g))
+
+
+def _macro_f1(pred: np.ndarray, g: np.ndarray, c: int) -> float:
+    hit = pred == g
+    tp = np.bincount(g[hit], minlength=c)
+    fp = np.bincount(pred[~hit], minlength=c)
+    fn = np.bincount(g[~hit], minlength=c)
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2.0 * tp, denom, out=np.zeros(c, dtype=np.float64), where=denom > 0)
+    return float(f1.mean())
+
+
+def _true_label_likelihood(p: np.ndarray, g: np.ndarray) -> float:
+    return float(np.mean(p[np.arange(p.shape[0]), g]))
+
+
+def _expected_calibration_error(p: np.ndarray, pred: np.ndarray, g: np.ndarray, bins: int) -> float:
+    conf = p.max(axis=1)
+    correct = (pred == g).astype(np.float64)
+    edges = np.arange(bins + 1, dtype=np.float64) / bins
+    # side="right": a confidence equal to e_j goes to bin j; 1.0 would be bin `bins`, clip into the last.
+    idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    count = np.bincount(idx, minlength=bins).astype(np.float64)
+    conf_sum = np.bincount(idx, weights=conf, minlength=bins)
+    acc_sum = np.bincount(idx, weights=correct, minlength=bins)
+    # sum_j (n_j/N) |acc_sum_j/n_j - conf_sum_j/n_j| = (1/N) sum_j |acc_sum_j - conf_sum_j|
+    gap = np.abs(acc_sum - conf_sum)[count > 0]
+    return float(gap.sum() / p.shape[0])
+
+
 # -------------------------------------------------------------------------------- classification
 def accuracy(probs: np.ndarray, gold: np.ndarray) -> float:
     """Fraction of rows whose argmax (first maximum on ties) equals the gold label.
@@ -102,7 +144,7 @@ def accuracy(probs: np.ndarray, gold: np.ndarray) -> float:
     Same as StaICC ``functional.accuracy`` (its re-softmax cannot change an argmax).
     """
     p, g = _probs_and_gold(probs, gold)
-    return float(np.mean(np.argmax(p, axis=1) == g))
+    return _accuracy(np.argmax(p, axis=1), g)
 
 
 def macro_f1(probs: np.ndarray, gold: np.ndarray, num_classes: int) -> float:
@@ -118,15 +160,7 @@ def macro_f1(probs: np.ndarray, gold: np.ndarray, num_classes: int) -> float:
     """
     p, g = _probs_and_gold(probs, gold)
     _check_num_classes(p, num_classes)
-    c = p.shape[1]
-    pred = np.argmax(p, axis=1)
-    hit = pred == g
-    tp = np.bincount(g[hit], minlength=c)
-    fp = np.bincount(pred[~hit], minlength=c)
-    fn = np.bincount(g[~hit], minlength=c)
-    denom = 2 * tp + fp + fn
-    f1 = np.divide(2.0 * tp, denom, out=np.zeros(c, dtype=np.float64), where=denom > 0)
-    return float(f1.mean())
+    return _macro_f1(np.argmax(p, axis=1), g, p.shape[1])
 
 
 def true_label_likelihood(probs: np.ndarray, gold: np.ndarray) -> float:
@@ -137,7 +171,7 @@ def true_label_likelihood(probs: np.ndarray, gold: np.ndarray) -> float:
     towards 1/C. We never re-softmax.
     """
     p, g = _probs_and_gold(probs, gold)
-    return float(np.mean(p[np.arange(p.shape[0]), g]))
+    return _true_label_likelihood(p, g)
 
 
 def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -155,31 +189,20 @@ def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = 
     other than 10. For confidences < 1 and exactly normalised rows the two agree (same edges).
     """
     p, g = _probs_and_gold(probs, gold)
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ValueError(f"bins must be a positive integer, got {bins!r}")
-    bins = int(bins)
-    conf = p.max(axis=1)
-    correct = (np.argmax(p, axis=1) == g).astype(np.float64)
-    edges = np.arange(bins + 1, dtype=np.float64) / bins
-    # side="right": a confidence equal to e_j goes to bin j; 1.0 would be bin `bins`, clip into the last.
-    idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
-    count = np.bincount(idx, minlength=bins).astype(np.float64)
-    conf_sum = np.bincount(idx, weights=conf, minlength=bins)
-    acc_sum = np.bincount(idx, weights=correct, minlength=bins)
-    # sum_j (n_j/N) |acc_sum_j/n_j - conf_sum_j/n_j| = (1/N) sum_j |acc_sum_j - conf_sum_j|
-    gap = np.abs(acc_sum - conf_sum)[count > 0]
-    return float(gap.sum() / p.shape[0])
+    bins = _check_bins(bins)
+    return _expected_calibration_error(p, np.argmax(p, axis=1), g, bins)
 
 
 def classification_metrics(probs: np.ndarray, gold: np.ndarray, num_classes: int) -> dict[str, float]:
     """All four classification metrics: keys "accuracy", "macro_f1", "true_label_likelihood", "ece"."""
     p, g = _probs_and_gold(probs, gold)
     _check_num_classes(p, num_classes)
+    pred = np.argmax(p, axis=1)
     return {
-        "accuracy": accuracy(p, g),
-        "macro_f1": macro_f1(p, g, num_classes),
-        "true_label_likelihood": true_label_likelihood(p, g),
-        "ece": expected_calibration_error(p, g),
+        "accuracy": _accuracy(pred, g),
+        "macro_f1": _macro_f1(pred, g, p.shape[1]),
+        "true_label_likelihood": _true_label_likelihood(p, g),
+        "ece": _expected_calibration_error(p, pred, g, ECE_BINS),
     }
 
 
@@ -261,3 +284,9 @@ def label_noise_slope(ratios: Sequence[float], values: Sequence[float]) -> float
     if sxx == 0.0:
         raise ValueError("ratios must not all be equal")
     return float(np.sum(dx * (y - y.mean())) / sxx)
+
+
+# -------------------------------------------------------------------------------------- display
+def percent(x: float | None) -> str:
+    """A metric in [0, 1] as a percentage with two decimals ("65.12"), "-" when missing (None)."""
+    return "-" if x is None else f"{100 * x:.2f}"

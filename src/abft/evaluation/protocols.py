@@ -1,13 +1,47 @@
-"""Evaluation protocols: each takes scored prompts and returns a flat dict of numbers for metrics.json."""
+"""Evaluation protocols: each scores its prompt sets and returns a dict of numbers for metrics.json.
+
+    evaluate_prompts(model, prompts, label_token_ids, pad_id, C)   # the normal metrics of any prompts
+    normal_test(model, tok, ds, cfg)             # the test prompts (--k, --test-samples)
+    template_consistency(model, tok, ds, cfg)    # 9 templates (L9 array) x the first 100 test queries
+    demo_consistency(model, tok, ds, cfg)        # the first 128 test queries x 8 demonstration sets
+    generalization(model, tok, ds, cfg)          # the StaICC test prompts of the 8 paper datasets
+    unseen_label(model, tok, ds, cfg)            # no demonstration has the gold label, vs normal and 0-shot
+    bias(model, tok, ds, cfg)                    # contextual / domain / posterior bias, label-noise slopes
+    contextual_calibration(model, tok, ds, cfg)  # the Zhao et al. (2021) baseline on the test prompts
+
+Each protocol takes `cache=` (the stage's ScoreCache) and `sets=` (its prompt sets from prompt_sets.py,
+as suites.check_suites builds them once per run); without them it makes its own. Definitions: docs in
+/work/shared/reference/staicc-protocol.md, restated per function below.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from .metrics import classification_metrics
-from .scoring import score_prompts
+from abft.data import Dataset
+
+from .calibration import CONTENT_FREE_INPUTS, calibrate_contextual
+from .metrics import classification_metrics, consistency, entropy_of_mean, label_noise_slope, posterior_bias
+from .prompt_sets import (
+    PromptSet,
+    PromptSets,
+    bias_sets,
+    calibration_sets,
+    demo_sets,
+    generalization_sets,
+    normal_sets,
+    template_sets,
+    unseen_sets,
+)
+from .scoring import ScoreCache, Scorer, score_prompts
+from .variants import DEMO_CONSISTENCY_SETS
+
+NOISE_METRICS = ("accuracy", "macro_f1", "true_label_likelihood", "ece")
 
 
 def recency_copy_rate(predictions: np.ndarray, prompts: Sequence) -> float:
@@ -31,3 +65,160 @@ def prompt_metrics(probs: np.ndarray, prompts: Sequence, num_classes: int) -> di
     result["copies_last_label"] = recency_copy_rate(probs.argmax(-1), prompts)
     result["prompts"] = len(prompts)
     return result
+
+
+def _setup(model, tokenizer, dataset: Dataset, cfg, cache, sets, build) -> tuple[Scorer, dict]:
+    """The stage's scorer (cache: shared, or a new one) and the prompt sets (`sets`, or built now)."""
+    if sets is None:
+        sets = build(PromptSets(tokenizer, cfg), dataset)
+    return Scorer.create(model, tokenizer, cfg, cache), sets
+
+
+def _evaluate(scorer: Scorer, s: PromptSet, description: str) -> tuple[dict, np.ndarray]:
+    """evaluate_prompts's metrics of one set, and its (N, C) label distributions."""
+    probs = scorer.probs(s.prompts, s.builder.label_token_ids, description)
+    return prompt_metrics(probs, s.prompts, len(s.builder.label_words)), probs
+
+
+# -------------------------------------------------------------------------------------- protocols
+def normal_test(model, tokenizer, dataset: Dataset, cfg, *, cache: ScoreCache | None = None, sets=None) -> dict:
+    """The normal test (evaluate_prompts's metrics) on the test prompts (--k, --test-samples, test_pairs)."""
+    scorer, sets = _setup(model, tokenizer, dataset, cfg, cache, sets, normal_sets)
+    return _evaluate(scorer, sets["normal"], f"test {dataset.info.name}")[0]
+
+
+def template_consistency(
+    model, tokenizer, dataset: Dataset, cfg, *, cache: ScoreCache | None = None, sets=None
+) -> dict:
+    """StaICC's template-consistency test: the first Q = min(100, --test-samples) test prompts (query i with
+    demonstration list i) under the 9 templates of the L9 array (consistency_templates).
+
+    consistency = mean over queries of (largest group of equal predictions) / 9; also accuracy per template.
+    """
+    scorer, sets = _setup(model, tokenizer, dataset, cfg, cache, sets, template_sets)
+    preds, rows = [], []
+    for name, s in sets.items():
+        result, probs = _evaluate(scorer, s, f"{name} {dataset.info.name}")
+        preds.append(probs.argmax(-1))
+        rows.append({**dataclasses.asdict(s.template), "accuracy": result["accuracy"], "macro_f1": result["macro_f1"]})
+    return {
+        "consistency": consistency(np.stack(preds, axis=1)),
+        "mean_accuracy": float(np.mean([r["accuracy"] for r in rows])),
+        "queries": len(preds[0]),
+        "templates": rows,
+    }
+
+
+def demo_consistency(model, tokenizer, dataset: Dataset, cfg, *, cache: ScoreCache | None = None, sets=None) -> dict:
+    """StaICC's demonstration-consistency test: test query i (the first Q = min(128, --test-samples)) with
+    demonstration lists i + 128 t, t = 0..7; consistency = mean over queries of (largest group of equal
+    predictions) / 8. Also the accuracy over all Q x 8 prompts and per demonstration set t."""
+    scorer, sets = _setup(model, tokenizer, dataset, cfg, cache, sets, demo_sets)
+    result, probs = _evaluate(scorer, sets["demo"], f"demo {dataset.info.name}")
+    preds = probs.argmax(-1).reshape(-1, DEMO_CONSISTENCY_SETS)  # (Q, 8): prompt i * 8 + t
+    gold = np.array([p.gold for p in sets["demo"].prompts]).reshape(-1, DEMO_CONSISTENCY_SETS)
+    return {
+        "consistency": consistency(preds),
+        "accuracy": result["accuracy"],
+        "accuracy_per_set": [float(a) for a in (preds == gold).mean(axis=0)],
+        "queries": preds.shape[0],
+        "sets": DEMO_CONSISTENCY_SETS,
+    }
+
+
+def generalization(
+    model,
+    tokenizer,
+    dataset: Dataset,
+    cfg,
+    *,
+    cache: ScoreCache | None = None,
+    sets=None,
+    datasets: Sequence | None = None,
+) -> dict:
+    """The normal test protocol (--k, --test-samples) on each of `datasets` (default: the 8 paper datasets).
+
+    The trained dataset is in-domain (evaluated too when it is not one of them); out-of-domain accuracy is
+    the unweighted mean over the others.
+    """
+    build = functools.partial(generalization_sets, datasets=datasets)
+    scorer, sets = _setup(model, tokenizer, dataset, cfg, cache, sets, build)
+    per = {name: _evaluate(scorer, s, f"generalization {name}")[0] for name, s in sets.items()}
+    inside = dataset.info.name
+    outside = [r["accuracy"] for name, r in per.items() if name != inside]
+    return {
+        "in_domain": inside,
+        "in_domain_accuracy": per[inside]["accuracy"],
+        "out_of_domain_accuracy": float(np.mean(outside)) if outside else None,
+        "datasets": per,
+    }
+
+
+def unseen_label(model, tokenizer, dataset: Dataset, cfg, *, cache: ScoreCache | None = None, sets=None) -> dict:
+    """Metrics on the test prompts whose demonstrations all carry labels other than the query's gold label
+    (unseen_label_pairs, StaICC's out-of-domain sampler), next to the normal test prompts and 0-shot."""
+    scorer, sets = _setup(model, tokenizer, dataset, cfg, cache, sets, unseen_sets)
+    return {name: _evaluate(scorer, s, f"{name} {dataset.info.name}")[0] for name, s in sets.items()}
+
+
+def bias(model, tokenizer, dataset: Dataset, cfg, *, cache: ScoreCache | None = None, sets=None) -> dict:
+    """Bias metrics in nats on the test prompts (--k, --test-samples):
+
+    contextual bias = entropy of the mean prediction with an empty query; domain bias = the same with a
+    query of 128 random demonstration words (domain_queries); posterior bias = KL(mean prediction || gold
+    frequency) on the normal prompts (None when infinite: a predicted class never gold). ln C = no bias.
+    label noise (GLER): metrics with a fraction r of correct demonstration labels, r = 1, .75, .5, .25, 0
+    (int(k (1 - r)) demonstrations per prompt get label (y + 1) mod C), and the least-squares slope of each
+    metric against the true fraction of correct labels; None when k = 0.
+    """
+    scorer, sets = _setup(model, tokenizer, dataset, cfg, cache, sets, bias_sets)
+    name, c, k = dataset.info.name, len(dataset.info.label_words), cfg.data.k
+    probs = {key: scorer.probs(s.prompts, s.builder.label_token_ids, f"bias-{key} {name}") for key, s in sets.items()}
+    gold = np.array([p.gold for p in sets["normal"].prompts])
+    posterior = posterior_bias(probs["normal"], gold, c)
+    out = {
+        "contextual_bias": entropy_of_mean(probs["contextual"]),
+        "domain_bias": entropy_of_mean(probs["domain"]),
+        "posterior_bias": posterior if math.isfinite(posterior) else None,
+        "max_entropy": math.log(c),
+        "contextual_distribution": probs["contextual"].mean(axis=0).tolist(),
+        "domain_distribution": probs["domain"].mean(axis=0).tolist(),
+        "mean_distribution": probs["normal"].mean(axis=0).tolist(),
+        "gold_distribution": (np.bincount(gold, minlength=c) / len(gold)).tolist(),
+        "label_noise": None,
+    }
+    noise = [(s, probs[key]) for key, s in sets.items() if s.wrong is not None]  # in order of the correct ratio
+    if noise:
+        ratios = [1.0 - s.wrong / k for s, _ in noise]
+        levels = [classification_metrics(p, np.array([q.gold for q in s.prompts]), c) for s, p in noise]
+        label_noise: dict = {"correct_ratios": ratios, "wrong_labels": [s.wrong for s, _ in noise]}
+        label_noise.update({metric: [m[metric] for m in levels] for metric in NOISE_METRICS})
+        label_noise["slope"] = {metric: label_noise_slope(ratios, label_noise[metric]) for metric in NOISE_METRICS}
+        out["label_noise"] = label_noise
+    return out
+
+
+def contextual_calibration(
+    model, tokenizer, dataset: Dataset, cfg, *, cache: ScoreCache | None = None, sets=None
+) -> dict:
+    """Contextual calibration (Zhao et al. 2021) of the test prompts (--k, --test-samples).
+
+    For each test prompt the query text is replaced by each content-free input ("N/A", "", "[MASK]") with
+    the same demonstrations and template; p_cf of that prompt is the mean of the three label distributions
+    and its prediction p becomes (p / p_cf) / sum(p / p_cf) (calibrate_contextual, all prompts at once).
+    """
+    scorer, sets = _setup(model, tokenizer, dataset, cfg, cache, sets, calibration_sets)
+    name, normal = dataset.info.name, sets["normal"]
+    before, probs = _evaluate(scorer, normal, f"calibration-test {name}")
+    free = [
+        scorer.probs(s.prompts, s.builder.label_token_ids, f"{key} {name}")
+        for key, s in sets.items()
+        if key != "normal"
+    ]
+    cf = np.stack(free, axis=1)  # (N, 3, C)
+    return {
+        "uncalibrated": before,
+        "calibrated": prompt_metrics(calibrate_contextual(probs, cf), normal.prompts, len(normal.builder.label_words)),
+        "content_free_inputs": list(CONTENT_FREE_INPUTS),
+        "content_free_distribution": cf.mean(axis=(0, 1)).tolist(),
+    }

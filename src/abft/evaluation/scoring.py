@@ -1,11 +1,14 @@
 """Label scoring: one batched forward per group of prompts, logits only at the last position.
 
 probs = score_prompts(model, prompts, label_token_ids, pad_id)   # (N, C), rows sum to 1
+scorer = Scorer(model, pad_id, batch_size)                       # the same, each distinct prompt once:
+probs = scorer.probs(prompts, label_token_ids, "template 3")     # its ScoreCache remembers every row
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,3 +44,55 @@ def score_prompts(
             out[idx] = probs.cpu().numpy()
             advance(len(idx))
     return distributed.gather_rows(out, len(prompts))
+
+
+class ScoreCache:
+    """Label distributions already computed in one stage, keyed by (prompt token ids, label token ids).
+
+    Only valid while the model does not change: make one per stage (before / after training).
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[bytes, tuple[int, ...]], np.ndarray] = {}
+
+    @staticmethod
+    def key(prompt, label_token_ids: Sequence[int]) -> tuple[bytes, tuple[int, ...]]:
+        return np.asarray(prompt.input_ids, dtype=np.int64).tobytes(), tuple(int(i) for i in label_token_ids)
+
+    def add(self, prompts: Sequence, label_token_ids: Sequence[int], probs: np.ndarray) -> None:
+        for prompt, row in zip(prompts, probs, strict=True):
+            self._rows[self.key(prompt, label_token_ids)] = np.asarray(row, dtype=np.float64)
+
+    def __contains__(self, key) -> bool:
+        return key in self._rows
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self._rows[key]
+
+
+@dataclass
+class Scorer:
+    """score_prompts for one model and stage, through a ScoreCache: each distinct prompt is scored once."""
+
+    model: object
+    pad_id: int
+    batch_size: int = 16
+    cache: ScoreCache = field(default_factory=ScoreCache)
+
+    @classmethod
+    def create(cls, model, tokenizer, cfg, cache: ScoreCache | None = None) -> Scorer:
+        """A scorer with the tokenizer's pad id, --eval-batch-size and `cache` (a new one if None)."""
+        return cls(model, tokenizer.pad_token_id, cfg.eval.eval_batch_size, ScoreCache() if cache is None else cache)
+
+    def probs(self, prompts: Sequence, label_token_ids: Sequence[int], description: str = "scoring") -> np.ndarray:
+        """(N, C) label distributions of `prompts`, scoring only those not yet in the cache (each once)."""
+        keys = [ScoreCache.key(p, label_token_ids) for p in prompts]
+        todo: dict = {}
+        for i, key in enumerate(keys):
+            if key not in self.cache:
+                todo.setdefault(key, i)
+        if todo:
+            new = [prompts[i] for i in todo.values()]
+            probs = score_prompts(self.model, new, label_token_ids, self.pad_id, self.batch_size, description)
+            self.cache.add(new, label_token_ids, probs)
+        return np.stack([self.cache[key] for key in keys]) if keys else np.zeros((0, len(label_token_ids)))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from abft.data import LCG
+from abft.data import LCG, demonstration_sets
 from abft.errors import UserError
 
 if TYPE_CHECKING:
@@ -27,17 +27,9 @@ DOMAIN_QUERY_WORDS = 128
 STAICC_REPEATS = 2  # StaICC tests each test query twice (1024 prompts for 512 queries)
 
 
-def _draw_lists(rng: LCG, k: int, pool_size: int, n: int) -> list[list[int]]:
-    """n lists of k positions into the demonstration pool, as StaICC's demonstration sampler draws them."""
-    repeat = k > pool_size
-    return [rng.sample_index_set(k, pool_size, repeat) for _ in range(n)]
-
-
-def _check_pools(dataset: Dataset, k: int) -> None:
+def _need_test_split(dataset: Dataset) -> None:
     if not dataset.test:
         raise UserError(f"dataset '{dataset.info.name}' has an empty test split; use more rows")
-    if k > 0 and not dataset.demonstration:
-        raise UserError(f"dataset '{dataset.info.name}' has an empty demonstration split; use more rows")
 
 
 def demo_consistency_pairs(dataset: Dataset, k: int, queries: int | None = None) -> list[list[tuple[list[int], int]]]:
@@ -47,15 +39,11 @@ def demo_consistency_pairs(dataset: Dataset, k: int, queries: int | None = None)
     the first 8 S of StaICC's demonstration sampler (demonstration_sets). `queries` (<= S) keeps only the
     first queries (the stride stays S, so list i + 128 t does not depend on how many queries are kept).
     """
-    _check_pools(dataset, k)
+    _need_test_split(dataset)
     stride = min(DEMO_CONSISTENCY_QUERIES, len(dataset.test))
     q = stride if queries is None else max(0, min(queries, stride))
-    pool = dataset.demonstration
-    lists = _draw_lists(LCG(), k, len(pool), stride * DEMO_CONSISTENCY_SETS)
-    return [
-        [([pool[p] for p in lists[i + stride * t]], dataset.test[i]) for t in range(DEMO_CONSISTENCY_SETS)]
-        for i in range(q)
-    ]
+    lists = demonstration_sets(dataset, k, stride * DEMO_CONSISTENCY_SETS)
+    return [[(lists[i + stride * t], dataset.test[i]) for t in range(DEMO_CONSISTENCY_SETS)] for i in range(q)]
 
 
 def unseen_label_pairs(dataset: Dataset, k: int, n: int) -> list[tuple[list[int], int]]:
@@ -66,11 +54,10 @@ def unseen_label_pairs(dataset: Dataset, k: int, n: int) -> list[tuple[list[int]
     replaced by the next list the same generator draws (continuing after the normal lists) that does not,
     prompt by prompt in order. The query of prompt j is test query j % |test|, as in test_pairs.
     """
-    _check_pools(dataset, k)
+    _need_test_split(dataset)
     rows, pool, test = dataset.rows, dataset.demonstration, dataset.test
-    labels = [rows[i][1] for i in pool]
     for y in sorted({rows[q][1] for q in test}):
-        others = sum(label != y for label in labels)
+        others = sum(rows[i][1] != y for i in pool)
         need = 1 if k > len(pool) else k
         if k > 0 and others < need:
             raise UserError(
@@ -78,14 +65,14 @@ def unseen_label_pairs(dataset: Dataset, k: int, n: int) -> list[tuple[list[int]
                 f"{y}; the unseen-label test needs {need} for k={k}"
             )
     rng = LCG()
-    lists = _draw_lists(rng, k, len(pool), max(n, STAICC_REPEATS * len(test)))
+    lists = demonstration_sets(dataset, k, max(n, STAICC_REPEATS * len(test)), rng=rng)
     out = []
     for j in range(n):
-        gold = rows[test[j % len(test)]][1]
+        query = test[j % len(test)]
         chosen = lists[j]
-        while any(labels[p] == gold for p in chosen):
-            chosen = _draw_lists(rng, k, len(pool), 1)[0]
-        out.append(([pool[p] for p in chosen], test[j % len(test)]))
+        while any(rows[i][1] == rows[query][1] for i in chosen):
+            chosen = demonstration_sets(dataset, k, 1, rng=rng)[0]  # the same generator draws on
+        out.append((chosen, query))
     return out
 
 
@@ -114,7 +101,8 @@ def domain_queries(dataset: Dataset, n: int, length: int = DOMAIN_QUERY_WORDS) -
     of r's text split on single spaces (StaICC's `get_int_from_range(0, len - 1)`, which never picks the
     last element); words are joined with single spaces.
     """
-    _check_pools(dataset, 1)
+    if not dataset.demonstration:
+        raise UserError(f"dataset '{dataset.info.name}' has an empty demonstration split; use more rows")
     rng = LCG()
     texts = [dataset.rows[i][0] for i in dataset.demonstration]
     out = []

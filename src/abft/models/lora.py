@@ -16,6 +16,7 @@ therefore changes Q and K only; its V rows are stored (as zeros) because peft's 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -40,10 +41,33 @@ def has_lora(model: torch.nn.Module) -> bool:
     return any(is_lora_layer(m) for m in model.modules())
 
 
+def base_layer(module: torch.nn.Module) -> torch.nn.Module:
+    """The layer a peft LoRA wrapper wraps; any other module itself."""
+    return module.base_layer if is_lora_layer(module) else module
+
+
 def owner(param_name: str) -> str:
-    """Module name of a projection from its weight's name (peft's '.base_layer' is dropped)."""
-    name = param_name.rsplit(".", 1)[0]
-    return name[: -len(".base_layer")] if name.endswith(".base_layer") else name
+    """Module name of a projection from its weight's (or bias's) name: the LoRA wrapper's, with LoRA."""
+    return param_name.rsplit(".", 1)[0]
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module):
+    """`model` without its LoRA updates for the block (the base model's outputs), then as before.
+
+    peft's enable_adapters(True) marks the adapters trainable again; their requires_grad flags are restored.
+    """
+    layers = [m for m in model.modules() if is_lora_layer(m) and not m.disable_adapters]
+    flags = [(p, p.requires_grad) for m in layers for p in m.parameters()]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def _target_pattern(model: torch.nn.Module, names: list[str]) -> str:

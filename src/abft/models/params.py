@@ -3,11 +3,16 @@
     slices = find_qk_slices(model)          # one QKSlice per layer and projection ("q" or "k")
     params = mark_trainable(model, slices)  # requires_grad on those tensors only; V slices of fused
                                             # projections (GPT-2's c_attn) get a zero-gradient mask
+    params.remove_hooks()                   # after training: the masks' gradient hooks
     save_delta(model, slices, path); load_delta(model, path)
+    tensors = read_qk(path); assign_qk(model, tensors, slices)   # load_delta in two steps
     save_trained(model, run_dir, meta)      # delta.safetensors, or adapter/ when the model carries LoRA
+    base = BaseWeights(model)               # W_Q/W_K before training (one per run), keyed as trained_tensors
 
-With LoRA (models.lora) the slices still name the base W_Q/W_K; mark_trainable then trains the adapters'
-lora_A / lora_B instead, and trained_tensors reports the effective weights (base + LoRA update).
+With LoRA (models.lora) the slices still name the base W_Q/W_K, by their names without peft's wrapper
+('<module>.weight', as in the plain model; qk_param finds the tensor inside the wrapper); mark_trainable
+then trains the adapters' lora_A / lora_B instead, and trained_tensors reports the effective weights
+(base + LoRA update).
 
 A slice names a parameter and the range of output features that belong to Q or K, so separate
 projections (q_proj / k_proj) and fused ones (GPT-2's c_attn, Q|K|V along its output axis) share one
@@ -16,6 +21,7 @@ mechanism: gradient masks, restricted-gradient head masks and saved tensors are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,14 +32,26 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import UserError
-from .lora import ADAPTER_DIR, delta_weight, has_lora, is_lora_layer, merge_adapter, owner, save_adapter
+from .lora import (
+    ADAPTER_DIR,
+    adapters_disabled,
+    base_layer,
+    delta_weight,
+    has_lora,
+    is_lora_layer,
+    merge_adapter,
+    owner,
+    save_adapter,
+)
+
+DELTA_FILE = "delta.safetensors"  # inside a run directory: the trained W_Q/W_K of a run without LoRA
 
 
 @dataclass(frozen=True)
 class QKSlice:
     layer: int
     kind: str  # "q" or "k"
-    param: str  # name in model.named_parameters() (the weight)
+    param: str  # '<module>.weight': its name in the plain model's named_parameters() (qk_param resolves it)
     bias: str | None
     out_dim: int  # axis of the weight that indexes output features (0 for nn.Linear, 1 for Conv1D)
     start: int
@@ -57,30 +75,29 @@ def _head_counts(config) -> tuple[int, int, int]:
 def find_qk_slices(model: torch.nn.Module) -> list[QKSlice]:
     """Locate W_Q and W_K of every attention layer, in layer order."""
     heads, kv_heads, head_dim = _head_counts(model.config)
-    names = {id(p): n for n, p in model.named_parameters()}
     slices: list[QKSlice] = []
     layer = 0
-    for module in model.modules():
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
         q, k = getattr(module, "q_proj", None), getattr(module, "k_proj", None)
         c_attn = getattr(module, "c_attn", None)
-        c_attn = getattr(c_attn, "base_layer", c_attn)  # peft LoRA wrapper
         idx = getattr(module, "layer_idx", None)
         idx = layer if idx is None else idx
         if q is not None and k is not None:
-            for kind, proj, n in (("q", q, heads), ("k", k, kv_heads)):
-                proj = getattr(proj, "base_layer", proj)  # peft LoRA wrapper
-                bias = names.get(id(proj.bias)) if getattr(proj, "bias", None) is not None else None
-                slices.append(QKSlice(idx, kind, names[id(proj.weight)], bias, 0, 0, n * head_dim, n, head_dim))
+            for kind, proj, n in (("q", "q_proj", heads), ("k", "k_proj", kv_heads)):
+                has_bias = getattr(base_layer(getattr(module, proj)), "bias", None) is not None
+                bias = f"{prefix}{proj}.bias" if has_bias else None
+                slices.append(QKSlice(idx, kind, f"{prefix}{proj}.weight", bias, 0, 0, n * head_dim, n, head_dim))
             layer += 1
         elif (
             c_attn is not None
-            and type(c_attn).__name__ == "Conv1D"
+            and type(base_layer(c_attn)).__name__ == "Conv1D"
             and not getattr(module, "is_cross_attention", False)
         ):
             width = heads * head_dim  # Conv1D weight is (in, 3*width): columns Q | K | V
-            bias = names.get(id(c_attn.bias)) if c_attn.bias is not None else None
+            bias = f"{prefix}c_attn.bias" if base_layer(c_attn).bias is not None else None
             for i, kind in enumerate("qk"):
-                w = names[id(c_attn.weight)]
+                w = f"{prefix}c_attn.weight"
                 slices.append(QKSlice(idx, kind, w, bias, 1, i * width, (i + 1) * width, heads, head_dim))
             layer += 1
     if not slices:
@@ -91,46 +108,65 @@ def find_qk_slices(model: torch.nn.Module) -> list[QKSlice]:
     return slices
 
 
+def qk_param(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
+    """The parameter a slice names ('<module>.weight' or '.bias'), inside a peft LoRA wrapper too."""
+    module, attr = name.rsplit(".", 1)
+    return getattr(base_layer(model.get_submodule(module)), attr)
+
+
 def _select(tensor: torch.Tensor, s: QKSlice, is_bias: bool) -> torch.Tensor:
     dim = 0 if is_bias else s.out_dim
     return tensor.narrow(dim, s.start, s.stop - s.start)
 
 
-def mark_trainable(model: torch.nn.Module, slices: list[QKSlice], train_bias: bool = True) -> list[torch.nn.Parameter]:
+class TrainableParams(list):
+    """mark_trainable's parameters to optimise, with the gradient hooks of their masks (`remove_hooks`)."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter] = (), hooks: Iterable = ()):
+        super().__init__(params)
+        self.hooks = list(hooks)
+
+    def remove_hooks(self) -> None:
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks.clear()
+
+
+def mark_trainable(model: torch.nn.Module, slices: list[QKSlice], train_bias: bool = True) -> TrainableParams:
     """Freeze everything, then train the Q/K slices; returns the parameters to optimise.
 
-    A fused tensor (Q|K|V) gets a gradient hook that zeroes its V part, so Adam leaves V bit-identical.
+    A fused tensor (Q|K|V) gets a gradient hook that zeroes its V part, so Adam leaves V bit-identical;
+    call `remove_hooks()` on the result once training is over.
     A model with LoRA layers on its projections trains their lora_A / lora_B instead (`train_bias` unused).
     """
     model.requires_grad_(False)
     if has_lora(model):
         return _mark_lora(model, slices)
-    params = dict(model.named_parameters())
     keep: dict[str, list[tuple[QKSlice, bool]]] = {}
     for s in slices:
         keep.setdefault(s.param, []).append((s, False))
         if train_bias and s.bias:
             keep.setdefault(s.bias, []).append((s, True))
-    out = []
+    out = TrainableParams()
     for name, owners in keep.items():
-        p = params[name]
+        p = qk_param(model, name)
         p.requires_grad_(True)
         out.append(p)
         mask = torch.zeros_like(p, dtype=torch.bool)
         for s, is_bias in owners:
             _select(mask, s, is_bias).fill_(True)
         if not bool(mask.all()):
-            p.register_hook(lambda g, m=mask: g * m)
+            out.hooks.append(p.register_hook(lambda g, m=mask: g * m))
     return out
 
 
-def _mark_lora(model: torch.nn.Module, slices: list[QKSlice]) -> list[torch.nn.Parameter]:
+def _mark_lora(model: torch.nn.Module, slices: list[QKSlice]) -> TrainableParams:
     """lora_A / lora_B of every Q/K projection; lora_B rows outside the slices (V of a fused c_attn) masked."""
     modules = dict(model.named_modules())
     by_module: dict[str, list[QKSlice]] = {}
     for s in slices:
         by_module.setdefault(owner(s.param), []).append(s)
-    out = []
+    out = TrainableParams()
     for name, owned in by_module.items():
         module = modules[name]
         if not is_lora_layer(module):
@@ -144,7 +180,7 @@ def _mark_lora(model: torch.nn.Module, slices: list[QKSlice]) -> list[torch.nn.P
             for s in owned:
                 rows[s.start : s.stop] = True
             if not bool(rows.all()):
-                b.register_hook(lambda g, m=rows: g * m)
+                out.hooks.append(b.register_hook(lambda g, m=rows: g * m))
     return out
 
 
@@ -169,33 +205,71 @@ def zero_inactive_heads(grads: dict[str, torch.Tensor], slices: list[QKSlice], a
                 grad.narrow(dim, s.head_rows(h).start, s.head_dim).zero_()
 
 
-def _effective_weight(model: torch.nn.Module, name: str, params: dict) -> torch.Tensor:
-    """A projection's weight as the model uses it: with LoRA, base (dequantised if 4-bit) + the LoRA update."""
+def _weight(model: torch.nn.Module, name: str, effective: bool = True) -> torch.Tensor:
+    """A projection's weight; with LoRA the base (dequantised if 4-bit), plus the LoRA update if `effective`."""
     module = model.get_submodule(owner(name))
-    delta = delta_weight(module)
-    if delta is None:
-        return params[name].detach()
+    if not is_lora_layer(module):
+        return qk_param(model, name).detach()
     weight = module.base_layer.weight
     if getattr(weight, "quant_state", None) is not None:  # bitsandbytes 4-bit
         from peft.utils.integrations import dequantize_module_weight
 
         weight = dequantize_module_weight(module.base_layer)
     weight = weight.detach()
-    return weight + delta.detach().to(weight.dtype)
+    delta = delta_weight(module) if effective else None
+    return weight if delta is None else weight + delta.detach().to(weight.dtype)
 
 
-def trained_tensors(model: torch.nn.Module, slices: list[QKSlice]) -> dict[str, torch.Tensor]:
-    """The Q/K slices' current values, keyed '<param>@<kind>' (bias: '<bias>@<kind>').
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to("cpu", copy=True, memory_format=torch.contiguous_format)
 
-    With LoRA these are the effective weights (base + update), so norms of the change mean the same thing.
+
+def trained_tensors(model: torch.nn.Module, slices: list[QKSlice], effective: bool = True) -> dict[str, torch.Tensor]:
+    """CPU copies of the Q/K slices' current values, keyed '<param>@<kind>' (bias: '<bias>@<kind>').
+
+    With LoRA these are the effective weights (base + update), so norms of the change mean the same thing;
+    `effective=False`: the base weights under the adapters instead.
     """
-    params = dict(model.named_parameters())
+    weights: dict[str, torch.Tensor] = {}  # one per parameter: GPT-2's q and k slices share c_attn
     out = {}
     for s in slices:
-        out[f"{s.param}@{s.kind}"] = _select(_effective_weight(model, s.param, params), s, False).contiguous().cpu()
+        if s.param not in weights:
+            weights[s.param] = _weight(model, s.param, effective)
+        out[f"{s.param}@{s.kind}"] = _cpu_copy(_select(weights[s.param], s, False))
         if s.bias:
-            out[f"{s.bias}@{s.kind}"] = _select(params[s.bias].detach(), s, True).contiguous().cpu()
+            out[f"{s.bias}@{s.kind}"] = _cpu_copy(_select(qk_param(model, s.bias).detach(), s, True))
     return out
+
+
+def assign_qk(
+    model: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    slices: Iterable[QKSlice] | None = None,
+    source: str | Path | None = None,
+) -> None:
+    """Copy `tensors` (keyed as trained_tensors) into the model's Q/K slices, in place.
+
+    Every key and shape is checked first, so a mismatch (a UserError naming `source`, e.g. the file they came
+    from) leaves the model unchanged.
+    """
+    slices = list(slices) if slices is not None else find_qk_slices(model)
+    what = source if source is not None else "these weights"
+    targets = {}
+    for s in slices:
+        targets[f"{s.param}@{s.kind}"] = _select(qk_param(model, s.param).data, s, False)
+        if s.bias:
+            targets[f"{s.bias}@{s.kind}"] = _select(qk_param(model, s.bias).data, s, True)
+    extra, missing = sorted(set(tensors) - set(targets)), sorted(set(targets) - set(tensors))
+    if extra or missing:
+        reason = f"it has tensor '{extra[0]}'" if extra else f"it lacks tensor '{missing[0]}'"
+        raise UserError(f"{what} does not match this model ({reason}); load it onto its base model")
+    for key in sorted(tensors):
+        shape, want = tuple(tensors[key].shape), tuple(targets[key].shape)
+        if shape != want:
+            raise UserError(f"{what}: '{key}' has shape {shape}, the model {want}; load it onto its base model")
+    with torch.no_grad():
+        for key, target in targets.items():
+            target.copy_(tensors[key].to(target.dtype))
 
 
 def save_delta(model: torch.nn.Module, slices: list[QKSlice], path: Path, meta: dict | None = None) -> None:
@@ -213,50 +287,88 @@ def save_trained(model: torch.nn.Module, directory: str | Path, meta: dict | Non
     directory = Path(directory)
     if has_lora(model):
         return save_adapter(model, directory / ADAPTER_DIR)
-    save_delta(model, find_qk_slices(model), directory / "delta.safetensors", meta)
-    return directory / "delta.safetensors"
+    save_delta(model, find_qk_slices(model), directory / DELTA_FILE, meta)
+    return directory / DELTA_FILE
+
+
+def trained_weights(run: str | Path) -> Path | None:
+    """A run directory's trained weights: its delta.safetensors, else its adapter/ (LoRA); None when it has
+    neither (an evaluation-only or --no-save run)."""
+    run = Path(run)
+    if (run / DELTA_FILE).is_file():
+        return run / DELTA_FILE
+    if (run / ADAPTER_DIR).is_dir():
+        return run / ADAPTER_DIR
+    return None
+
+
+def check_trained(run: str | Path) -> Path:
+    """trained_weights(run), or a UserError when the run saved none."""
+    found = trained_weights(run)
+    if found is None:
+        raise UserError(f"no trained weights in {run} (an evaluation-only or --no-save run)")
+    return found
+
+
+def read_qk(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a delta.safetensors file (save_delta's), keyed as trained_tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:  # SafetensorError / OSError: damaged, truncated or not a safetensors file
+        raise UserError(f"{path} is not a readable safetensors file ({type(exc).__name__}); train it again") from exc
 
 
 def load_delta(model: torch.nn.Module, path: str | Path, slices: Iterable[QKSlice] | None = None) -> None:
-    """Copy saved W_Q/W_K values into `model` in place (a run directory or the .safetensors file).
+    """Copy saved W_Q/W_K values into `model` in place (a run directory, its .safetensors file or adapter).
 
-    A run directory with a LoRA adapter (adapter/) is merged into the base weights (models.lora.merge_adapter).
+    A LoRA adapter (a run directory's adapter/, or an adapter directory) is merged into the base weights
+    (models.lora.merge_adapter).
     """
     path = Path(path)
-    if path.is_dir() and (path / ADAPTER_DIR).is_dir() and not (path / "delta.safetensors").exists():
-        merge_adapter(model, path / ADAPTER_DIR)
-        return
-    if path.is_dir() and (path / "adapter_config.json").is_file():
+    if path.is_dir():  # a run directory, or an adapter directory itself
+        path = trained_weights(path) or (path if (path / "adapter_config.json").is_file() else path / DELTA_FILE)
+    if path.is_dir():
         merge_adapter(model, path)
         return
-    if path.is_dir():
-        path = path / "delta.safetensors"
     if not path.is_file():
         raise UserError(f"no trained weights at {path}")
-    slices = list(slices) if slices is not None else find_qk_slices(model)
-    params = dict(model.named_parameters())
-    by_key = {}
-    for s in slices:
-        by_key[f"{s.param}@{s.kind}"] = (s, s.param, False)
-        if s.bias:
-            by_key[f"{s.bias}@{s.kind}"] = (s, s.bias, True)
-    try:
-        handle = safe_open(str(path), framework="pt")
-    except Exception as exc:  # SafetensorError / OSError: damaged, truncated or not a safetensors file
-        raise UserError(f"{path} is not a readable safetensors file ({type(exc).__name__}); train it again") from exc
-    with handle as f:
-        keys = set(f.keys())
-        if keys != set(by_key):
-            extra = sorted(keys - set(by_key))
-            what = f"it has tensor '{extra[0]}'" if extra else f"it lacks tensor '{sorted(set(by_key) - keys)[0]}'"
-            raise UserError(f"{path} does not match this model ({what}); load it onto its base model")
-        for key in sorted(keys):  # every shape first: a mismatch leaves the model unchanged
-            s, name, is_bias = by_key[key]
-            shape, want = tuple(f.get_slice(key).get_shape()), tuple(_select(params[name], s, is_bias).shape)
-            if shape != want:
-                raise UserError(f"{path}: '{key}' has shape {shape}, the model {want}; load it onto its base model")
-        with torch.no_grad():
-            for key in keys:
-                s, name, is_bias = by_key[key]
-                target = _select(params[name].data, s, is_bias)
-                target.copy_(f.get_tensor(key).to(target.dtype))
+    assign_qk(model, read_qk(path), slices, source=path)
+
+
+class BaseWeights:
+    """W_Q/W_K (and their biases) as they were before training, keyed as trained_tensors; one per run,
+    shared by the report's qk_shift, MAUVE's base-model features and interpolation's restore.
+
+    Without LoRA the slices are copied (to the CPU) when this is made. With LoRA nothing is copied: training
+    moves the adapters only, so the base weights under them still hold the values.
+    """
+
+    def __init__(self, model: torch.nn.Module, slices: Iterable[QKSlice] | None = None) -> None:
+        self.slices = list(slices) if slices is not None else find_qk_slices(model)
+        self.lora = has_lora(model)
+        self._copy = None if self.lora else trained_tensors(model, self.slices)
+
+    def tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The base values (CPU tensors; with LoRA read from `model`'s base layers)."""
+        return self._copy if self._copy is not None else trained_tensors(model, self.slices, effective=False)
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """Put the base values back into a model without LoRA, in place."""
+        if self._copy is None:
+            raise ValueError("BaseWeights.restore: the base of a LoRA model is never changed; disable its adapters")
+        assign_qk(model, self._copy, self.slices)
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module):
+        """`model` with its base W_Q/W_K for the block (e.g. to featurise with the base model), then as before."""
+        if self.lora:
+            with adapters_disabled(model):
+                yield model
+            return
+        current = trained_tensors(model, self.slices)
+        self.restore(model)
+        try:
+            yield model
+        finally:
+            assign_qk(model, current, self.slices)

@@ -12,12 +12,12 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import UserError
 from ..rundir import atomic_write
+from .discovery import HeadsOptions
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -26,8 +26,6 @@ def report_run(run_dir: str | Path, with_model: bool = False, log=print) -> Path
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist")
-    if not (run / "config.json").is_file():
-        raise UserError(f"{run} is not an abft run directory (no config.json)")
     if with_model:
         recompute_snapshot(run, log)
     from .html import write_report
@@ -35,28 +33,60 @@ def report_run(run_dir: str | Path, with_model: bool = False, log=print) -> Path
     return write_report(run)
 
 
-def read_config(run: Path) -> RunConfig:
+def read_config_json(run: str | Path) -> dict:
+    """config.json of a run directory as written; a UserError when it is missing or unreadable."""
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run} is not an abft run directory (no config.json)")
     try:
-        return RunConfig.from_dict(json.loads((run / "config.json").read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"cannot read {run / 'config.json'}: {exc}") from exc
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from exc
+
+
+def read_config(run: str | Path) -> RunConfig:
+    """A run directory's RunConfig (read_config_json's errors, or a UserError for an invalid config)."""
+    config = read_config_json(run)
+    try:
+        return RunConfig.from_dict(config)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"cannot read {Path(run) / 'config.json'}: {exc}") from exc
+
+
+def load_setup(cfg: RunConfig, quantized: bool = False):
+    """(model, tokenizer, builder, dataset) of a configuration, as `abft run` builds them: the base model and
+    cfg's dataset with its PromptBuilder (default template, cfg's label-token mode)."""
+    from ..data import PromptBuilder, default_template
+    from ..models import load_model
+    from ..runner import load_data
+
+    dataset = load_data(cfg.data.dataset)
+    model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype, quantized)
+    info = dataset.info
+    builder = PromptBuilder(tokenizer, info.label_words, default_template(info), cfg.data.label_token_mode)
+    return model, tokenizer, builder, dataset
+
+
+def output_dir(out: Path) -> Path:
+    """Create the output directory `out` (a UserError naming it when that fails)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to {out}: {exc.strerror}") from exc
+    return out
 
 
 def recompute_snapshot(run: Path, log=print) -> None:
-    """example_attention.json and qk_shift.json from the base model and the run's delta.safetensors."""
-    from ..models import load_model
-    from ..models.params import load_delta
+    """example_attention.json and qk_shift.json from the base model and the run's trained weights."""
+    from ..data import test_pairs
+    from ..models.params import check_trained, load_delta
     from ..objectives import ABFTObjective
     from .snapshot import RunSnapshot
 
     cfg = read_config(run)
-    if not (run / "delta.safetensors").is_file() and not (run / "adapter").is_dir():
-        raise UserError(f"{run} has no trained weights (evaluation-only or --no-save run); drop --with-model")
+    check_trained(run)
     log(f"loading {cfg.model.model} and the first test prompt of {cfg.data.dataset}")
-    model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype)
-    builder, dataset = _builder(cfg, tokenizer)
-    from ..data import test_pairs
-
+    model, tokenizer, builder, dataset = load_setup(cfg)
     prompt = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, 1))[0]
     objective = ABFTObjective.from_config(cfg.train, len(builder.prefix_ids))
     snapshot = RunSnapshot(model, prompt, tokenizer.pad_token_id, tokenizer, objective)
@@ -64,33 +94,10 @@ def recompute_snapshot(run: Path, log=print) -> None:
     snapshot.write(model, run)
 
 
-def _builder(cfg: RunConfig, tokenizer):
-    from ..data import PromptBuilder, default_template
-    from ..runner import load_data
-
-    dataset = load_data(cfg.data.dataset)
-    info = dataset.info
-    return PromptBuilder(tokenizer, info.label_words, default_template(info), cfg.data.label_token_mode), dataset
-
-
 # ------------------------------------------------------------------------------------------------- heads
-@dataclass
-class HeadsOptions:
-    samples: int = 64
-    min_rate: float = 0.5
-    circuit_factor: float = 5.0
-    induction_length: int = 32
-    induction_sequences: int = 8
-    induction_threshold: float = 0.4
-    log_base: str = "e"
-    batch_size: int = 8
-
-
 def find_heads(cfg: RunConfig, opts: HeadsOptions, output: str | Path | None = None, log=print) -> dict:
     """`abft heads`: discover heads on `opts.samples` calibration prompts of cfg's dataset; writes the output."""
     from ..data import train_pairs
-    from ..models import load_model
-    from ..objectives import ABFTObjective
     from .discovery import discover_heads
 
     checks = [("--samples", opts.samples, 1), ("--induction-length", opts.induction_length, 2)]
@@ -104,27 +111,19 @@ def find_heads(cfg: RunConfig, opts: HeadsOptions, output: str | Path | None = N
     out = Path(output or cfg.output or _default_heads_output(cfg))
     if (out / "heads.json").exists():
         raise UserError(f"{out} already holds a heads.json; pick another --output")
-    model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype)
-    builder, dataset = _builder(cfg, tokenizer)
+    model, tokenizer, builder, dataset = load_setup(cfg)
     prompts = builder.build_pairs(dataset, train_pairs(dataset, cfg.data.k, opts.samples, cfg.seed))
     log(f"{len(prompts)} calibration prompts of {dataset.info.name}, k={cfg.data.k}; {cfg.model.model}")
-    prefix = builder.prefix_ids
     result = discover_heads(
         model,
         prompts,
         tokenizer.pad_token_id,
         len(dataset.info.label_words),
-        ABFTObjective(log_base=opts.log_base),
-        min_rate=opts.min_rate,
-        circuit_factor=opts.circuit_factor,
-        induction_length=opts.induction_length,
-        induction_sequences=opts.induction_sequences,
-        induction_threshold=opts.induction_threshold,
+        opts,
         seed=cfg.seed,
-        prefix=prefix,
+        prefix=builder.prefix_ids,
         exclude=tokenizer.all_special_ids,
         vocab_size=len(tokenizer),
-        batch_size=opts.batch_size,
     )
     result = {"model": cfg.model.model, "dataset": dataset.info.name, "k": cfg.data.k, "seed": cfg.seed, **result}
     write_heads(result, out)
@@ -138,10 +137,7 @@ def find_heads(cfg: RunConfig, opts: HeadsOptions, output: str | Path | None = N
 def write_heads(result: dict, out: Path) -> None:
     from .figures import label_heads_figure, prefix_matching_figure
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write to {out}: {exc.strerror}") from exc
+    output_dir(out)
     atomic_write(out / "label_heads.png", label_heads_figure(result))
     atomic_write(out / "prefix_matching.png", prefix_matching_figure(result))
     atomic_write(out / "heads.json", json.dumps(result, indent=2) + "\n")
@@ -169,10 +165,8 @@ def check_pair(cfg_a: RunConfig, cfg_b: RunConfig, run_a: Path, run_b: Path) -> 
 def load_eval_job(cfg: RunConfig, test_samples: int):
     """(model, prompts, label_token_ids, pad_id, num_classes, dataset name): the first test prompts of a run."""
     from ..data import test_pairs
-    from ..models import load_model
 
-    model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype)
-    builder, dataset = _builder(cfg, tokenizer)
+    model, tokenizer, builder, dataset = load_setup(cfg)
     prompts = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, test_samples))
     info = dataset.info
     return model, prompts, builder.label_token_ids, tokenizer.pad_token_id, len(info.label_words), info.name
@@ -192,13 +186,11 @@ def interpolate_runs(
     """`abft interpolate`: the grid, interpolation.json and interpolation.png in `output`."""
     import numpy as np
 
+    from ..models.params import BaseWeights, check_trained
     from .figures import interpolation_figure
-    from .interpolation import check_trained, interpolation_grid, run_weights
+    from .interpolation import interpolation_grid, run_weights
 
     run_a, run_b = Path(run_a), Path(run_b)
-    for run in (run_a, run_b):
-        if not (run / "config.json").is_file():
-            raise UserError(f"{run} is not an abft run directory (no config.json)")
     cfg_a, cfg_b = read_config(run_a), read_config(run_b)
     check_pair(cfg_a, cfg_b, run_a, run_b)
     if grid < 2:
@@ -214,17 +206,17 @@ def interpolate_runs(
         raise UserError(f"{out} already holds an interpolation.json; pick another --output")
     coords = np.linspace(span[0], span[1], grid).tolist()
     model, prompts, label_ids, pad, num_classes, dataset = loader(cfg_a, test_samples)
-    theta_a, theta_b = run_weights(model, run_a), run_weights(model, run_b)
+    base = BaseWeights(model)
+    theta_a, theta_b = run_weights(model, run_a, base), run_weights(model, run_b, base)
     log(f"{grid}x{grid} grid on {len(prompts)} test prompts of {dataset}")
-    result = interpolation_grid(model, prompts, label_ids, pad, num_classes, theta_a, theta_b, coords, batch_size, log)
+    result = interpolation_grid(
+        model, prompts, label_ids, pad, num_classes, theta_a, theta_b, coords, batch_size, log, base=base
+    )
     labels = {}
     for key, run, cfg in (("a", run_a, cfg_a), ("b", run_b, cfg_b)):
         labels[key] = {"path": str(run), "method": cfg.train.method, "label": f"{cfg.train.method} ({run.name})"}
     result = {"model": cfg_a.model.model, "dataset": dataset, "k": cfg_a.data.k, "runs": labels, **result}
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write to {out}: {exc.strerror}") from exc
+    output_dir(out)
     atomic_write(out / "interpolation.png", interpolation_figure(result))
     atomic_write(out / "interpolation.json", json.dumps(result, indent=2) + "\n")
     log(f"wrote {out / 'interpolation.json'}")

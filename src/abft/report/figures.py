@@ -1,6 +1,6 @@
 """PNG figures (matplotlib, no pyplot state) from the files of a run directory or an analysis.
 
-    figs = run_figures(run_dir)         # [Figure(name, title, caption, png bytes)], only those with inputs
+    figs = run_figures(metrics, heads, example, shift, log)   # [Figure(name, title, caption, png)], those with inputs
     png = heads_figure(heads["before"], heads["after"])
 
 Every figure has a fixed pixel size, SIZES[name] * DPI, independent of the data.
@@ -82,15 +82,9 @@ def _symmetric(*arrays) -> float:
 # ------------------------------------------------------------------------------------------- run figures
 def heads_figure(before: dict, after: dict) -> bytes:
     """Rows: mass on correct labels, mass on wrong labels, induction-head rate; columns: before, after, change."""
-
-    def wrong(stats):
-        if "wrong_mass" in stats:
-            return np.asarray(stats["wrong_mass"], dtype=float)
-        return np.asarray(stats["label_mass"], dtype=float) - np.asarray(stats["correct_mass"], dtype=float)
-
     rows = [
         ("attention on correct labels", lambda s: np.asarray(s["correct_mass"], dtype=float), "Greens", None),
-        ("attention on wrong labels", wrong, "Reds", None),
+        ("attention on wrong labels", lambda s: np.asarray(s["wrong_mass"], dtype=float), "Reds", None),
         ("induction-head rate (ABFT filter)", lambda s: np.asarray(s["induction_rate"], dtype=float), "Blues", 1.0),
     ]
     fig = _new("heads")
@@ -207,16 +201,22 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def score_pairs(metrics: dict) -> list[tuple[str, float | None, float | None]]:
-    """(metric, before, after) for every accuracy / consistency in [0, 1] of every protocol (no slopes)."""
+def before_after(metrics: dict, missing=None) -> list[tuple[str, object, object]]:
+    """(metric, before, after) for every entry of metrics.json's before and after (flattened; before's keys
+    first), `missing` where a side lacks it."""
     before, after = flatten(metrics.get("before", {})), flatten(metrics.get("after", {}))
     keys = list(before) + [k for k in after if k not in before]
+    return [(key, before.get(key, missing), after.get(key, missing)) for key in keys]
+
+
+def score_pairs(metrics: dict) -> list[tuple[str, float | None, float | None]]:
+    """(metric, before, after) for every accuracy / consistency in [0, 1] of every protocol (no slopes)."""
     out = []
-    for key in keys:
+    for key, *sides in before_after(metrics):
         last = key.rsplit(".", 1)[-1]
         if not any(word in last for word in SCORE_WORDS) or "slope" in key:
             continue
-        b, a = (v if _number(v) and 0 <= v <= 1 else None for v in (before.get(key), after.get(key)))
+        b, a = (v if _number(v) and 0 <= v <= 1 else None for v in sides)
         if b is not None or a is not None:
             out.append((key, b, a))
     return out[:MAX_BARS]
@@ -248,13 +248,6 @@ def accuracy_figure(metrics: dict) -> bytes | None:
     return _png(fig)
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def read_log(path: Path) -> list[dict]:
     try:
         lines = path.read_text().splitlines()
@@ -269,16 +262,9 @@ def read_log(path: Path) -> list[dict]:
     return out
 
 
-def run_figures(run_dir: str | Path) -> list[Figure]:
-    """Every figure whose input files exist in `run_dir`, in report order."""
-    from .snapshot import EXAMPLE_FILE, SHIFT_FILE
-
-    run = Path(run_dir)
-    metrics = _read_json(run / "metrics.json") or {}
-    heads = _read_json(run / "heads.json") or {}
-    example = _read_json(run / EXAMPLE_FILE)
-    shift = _read_json(run / SHIFT_FILE)
-    log = read_log(run / "train_log.jsonl")
+def run_figures(metrics: dict, heads: dict, example: dict | None, shift: dict | None, log: list[dict]) -> list[Figure]:
+    """Every figure whose inputs a run directory has, in report order: metrics.json, heads.json,
+    example_attention.json, qk_shift.json and train_log.jsonl as read by html.write_report."""
     out: list[Figure] = []
     png = accuracy_figure(metrics)
     if png:

@@ -14,9 +14,10 @@ import html
 import json
 from pathlib import Path
 
-from ..errors import UserError
-from ..rundir import atomic_write
-from .figures import RUN_FIGURES, Figure, _number, _read_json, flatten, run_figures
+from ..rundir import RunDir, atomic_write
+from .commands import read_config_json
+from .figures import RUN_FIGURES, Figure, _number, before_after, flatten, read_log, run_figures
+from .snapshot import EXAMPLE_FILE, SHIFT_FILE
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -70,14 +71,8 @@ def table(table_id: str, header: list[str], rows: list[list]) -> str:
 def metrics_tables(metrics: dict) -> str:
     """before/after/change for every metric of metrics.json's before and after; every other entry below."""
     parts = []
-    before, after = flatten(metrics.get("before", {})), flatten(metrics.get("after", {}))
-    if before or after:
-        keys = list(before) + [k for k in after if k not in before]
-        rows = []
-        for key in keys:
-            b, a = before.get(key, ""), after.get(key, "")
-            change = a - b if _number(a) and _number(b) else ""
-            rows.append([key, b, a, change])
+    rows = [[key, b, a, a - b if _number(a) and _number(b) else ""] for key, b, a in before_after(metrics, "")]
+    if rows:
         parts.append(table("metrics", ["metric", "before", "after", "after - before"], rows))
     other = flatten({k: v for k, v in metrics.items() if k not in ("before", "after")})
     if other:
@@ -105,13 +100,17 @@ def _figure_html(fig: Figure) -> str:
     )
 
 
-def render_report(run_dir: str | Path, figures: list[Figure]) -> str:
+def render_report(
+    run_dir: str | Path,
+    figures: list[Figure],
+    config: dict,
+    metrics: dict,
+    heads: dict,
+    timings: dict,
+    status: dict,
+) -> str:
+    """report.html of `run_dir` from its files' contents (write_report reads them)."""
     run = Path(run_dir)
-    config = _read_json(run / "config.json") or {}
-    metrics = _read_json(run / "metrics.json") or {}
-    heads = _read_json(run / "heads.json") or {}
-    timings = _read_json(run / "timings.json") or {}
-    status = _read_json(run / "status.json") or {}
     method = config.get("train", {}).get("method", "") if config.get("command") == "run" else "evaluation"
     title = f"abft {method}: {metrics.get('dataset', config.get('data', {}).get('dataset', ''))}"
     summary = [
@@ -150,14 +149,18 @@ def render_report(run_dir: str | Path, figures: list[Figure]) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """Write report.html and figures/*.png into `run_dir`; returns the report's path."""
     run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise UserError(f"{run} is not an abft run directory (no config.json)")
-    figures = run_figures(run)
+    config = read_config_json(run)
+    files = RunDir(run)
+    metrics = files.read_json("metrics.json") or {}
+    heads = files.read_json("heads.json") or {}
+    log = read_log(run / "train_log.jsonl")
+    figures = run_figures(metrics, heads, files.read_json(EXAMPLE_FILE), files.read_json(SHIFT_FILE), log)
     (run / FIGURES_DIR).mkdir(exist_ok=True)
     for name in RUN_FIGURES - {fig.name for fig in figures}:
         (run / FIGURES_DIR / f"{name}.png").unlink(missing_ok=True)  # stale from an earlier report
     for fig in figures:
         atomic_write(run / FIGURES_DIR / f"{fig.name}.png", fig.png)
     path = run / REPORT_FILE
-    atomic_write(path, render_report(run, figures))
+    timings, status = files.read_json("timings.json") or {}, files.read_json("status.json") or {}
+    atomic_write(path, render_report(run, figures, config, metrics, heads, timings, status))
     return path

@@ -4,7 +4,7 @@
     ...train...
     snap.write(model, run_dir)                            # example_attention.json and qk_shift.json
 
-Cost: one forward of one prompt before and one after training, and a CPU copy of the W_Q/W_K tensors.
+Cost: one forward of one prompt before and one after training; the base W_Q/W_K are the run's BaseWeights.
 `abft report --with-model` recomputes both files from the base model and delta.safetensors instead.
 
 example_attention.json: the last token's attention over the prompt's tokens (mean over heads per layer, and
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..attention import capture_last_row, use_last_row_attention
 from ..batching import collate
-from ..models.params import QKSlice, find_qk_slices, trained_tensors
+from ..heads import label_forward
+from ..models.params import BaseWeights, QKSlice, trained_tensors
 from ..objectives import ABFTObjective
 from ..rundir import RunDir
 
@@ -38,17 +38,9 @@ def _round(tensor: torch.Tensor, digits: int = 6) -> list:
 @torch.no_grad()
 def last_row(model, prompt, pad_id: int, objective: ABFTObjective) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One prompt's last-token attention (L, H, T), ABFT's induction-head mask (L, H), label mass (L, H)."""
-    use_last_row_attention(model)
     device = next(model.parameters()).device
-    batch = collate([prompt], pad_id).to(device)
-    decoder = getattr(model, model.base_model_prefix, model)
-    with capture_last_row(model) as cap:
-        decoder(**batch.model_inputs())
-    probs = cap.probs  # (1, L, H, T)
-    label_probs = objective.label_attention(probs, batch.label_positions.clamp(min=0))  # (1, L, H, k)
-    valid = batch.demo_labels >= 0
-    heads = objective.induction_heads(label_probs, valid, batch.lengths)[0]  # (L, H)
-    return probs[0].cpu(), heads.cpu(), (label_probs[0] * valid[0]).sum(-1).cpu()
+    probs, parts = label_forward(model, collate([prompt], pad_id).to(device), objective)
+    return probs[0].cpu(), parts["induction_rate"][0].bool().cpu(), parts["label_mass"][0].cpu()
 
 
 def summarise(rows: torch.Tensor, heads: torch.Tensor, mass: torch.Tensor, mean_over: torch.Tensor) -> dict:
@@ -61,12 +53,6 @@ def summarise(rows: torch.Tensor, heads: torch.Tensor, mass: torch.Tensor, mean_
         "induction_heads": int(heads.sum()),  # heads passing the filter on this prompt, this side
         "label_mass_per_layer": _round(mass.mean(-1)),  # (L,)
     }
-
-
-def example_attention(model, prompt, pad_id: int, objective: ABFTObjective | None = None, mean_over=None) -> dict:
-    """One side of example_attention.json; `mean_over` (L, H) defaults to this side's induction heads."""
-    rows, heads, mass = last_row(model, prompt, pad_id, objective or ABFTObjective())
-    return summarise(rows, heads, mass, heads if mean_over is None else mean_over)
 
 
 def qk_shift(base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], slices: Sequence[QKSlice]) -> dict:
@@ -91,16 +77,25 @@ def _token_strings(tokenizer, ids: Sequence[int]) -> list[str]:
 
 
 class RunSnapshot:
-    """Base W_Q/W_K values and the example's attention before training; `write` adds the after side."""
+    """Base W_Q/W_K values and the example's attention before training; `write` adds the after side.
 
-    def __init__(self, model, prompt, pad_id: int, tokenizer=None, objective: ABFTObjective | None = None):
+    `base`: the run's BaseWeights (taken before training), made here when not given.
+    """
+
+    def __init__(
+        self,
+        model,
+        prompt,
+        pad_id: int,
+        tokenizer=None,
+        objective: ABFTObjective | None = None,
+        base: BaseWeights | None = None,
+    ):
         self.objective = objective or ABFTObjective()
         self.pad_id = pad_id
         self.prompt = prompt
         self.tokens = _token_strings(tokenizer, prompt.input_ids)
-        self.slices = find_qk_slices(model)
-        # clone: on CPU trained_tensors returns views of the parameters, which training changes in place
-        self.base = {key: value.clone() for key, value in trained_tensors(model, self.slices).items()}
+        self.base = base or BaseWeights(model)
         self.before = last_row(model, prompt, pad_id, self.objective)
 
     def write(self, model, run_dir: str | Path) -> None:
@@ -116,11 +111,12 @@ class RunSnapshot:
                     "label_positions": list(p.label_positions),
                     "demo_labels": list(p.demo_labels),
                     "gold": int(p.gold),
-                    "text": getattr(p, "text", ""),
+                    "text": p.text,
                 },
                 "mean_over_heads": int(union.sum()),
                 "before": summarise(*self.before, union),
                 "after": summarise(*after, union),
             },
         )
-        out.write_json(SHIFT_FILE, qk_shift(self.base, trained_tensors(model, self.slices), self.slices))
+        slices = self.base.slices
+        out.write_json(SHIFT_FILE, qk_shift(self.base.tensors(model), trained_tensors(model, slices), slices))

@@ -122,6 +122,11 @@ def check_at_least(checks) -> None:
 class EvalConfig:
     fore_test: bool = opt(True, "evaluate before training", negate="--no-fore-test")
     post_test: bool = opt(True, "evaluate after training", negate="--no-post-test")
+    reuse_fore_test: bool = opt(
+        False,
+        "reuse the before metrics of an earlier run of the same base model, prompts and evaluation settings "
+        "(cached in $ABFT_CACHE/fore-test; not with MAUVE)",
+    )
     eval_batch_size: int = opt(16, "prompts per scoring pass")
     test_type: tuple = opt(
         ("normal",),

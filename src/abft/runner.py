@@ -19,8 +19,8 @@ from . import distributed
 from .config import RunConfig, check_at_least
 from .data import PromptBuilder, default_template, load_dataset, test_pairs, train_pairs
 from .errors import UserError
+from .evaluation import fore_cache, suites
 from .evaluation import mauve as mauve_eval
-from .evaluation import suites
 from .heads import head_statistics, heads_summary
 from .models import load_model
 from .models.context import check_context
@@ -200,7 +200,8 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
         out.write_json("timings.json", timings)
 
     if (cfg.eval.fore_test or not train) and "before" not in metrics:
-        evaluate("before")
+        _fore_test(cfg, job, metrics, evaluate, log)
+        out.write_json("metrics.json", metrics)
     if train:
         train_prompts = job.train
         objective = ABFTObjective.from_config(cfg.train, len(job.builder.prefix_ids))
@@ -251,6 +252,25 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     out.write_json("metrics.json", metrics)
     out.write_json("timings.json", timings)
     return metrics
+
+
+def _fore_test(cfg: RunConfig, job: _Job, metrics: dict, evaluate, log) -> None:
+    """metrics["before"]: from the fore-test cache with --reuse-fore-test when it holds this run's, else tested."""
+    if not cfg.eval.reuse_fore_test or job.mauve is not None:
+        if cfg.eval.reuse_fore_test:
+            log("note: --reuse-fore-test is not used with MAUVE (its before generations belong to this run)")
+        evaluate("before")
+        return
+    key = fore_cache.fore_test_key(cfg, job.model, job.test)
+    cached = distributed.broadcast_object(fore_cache.load(key) if distributed.is_main() else None)
+    if cached is not None:
+        log(f"before: reused from the fore-test cache ({key})")
+        suites.log_stage(cfg, cached, "before", log)
+        metrics["before"] = cached
+        job.timings["before_reused"] = key
+        return
+    evaluate("before")
+    distributed.on_main(lambda: fore_cache.store(key, metrics["before"]))
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}

@@ -4,7 +4,8 @@
     table = sweep(cfg, sizes=(32, 128), methods=("abft", "e2e"), output="runs/sweep-sst2")
 
 Each (method, size) is an ordinary run directory `<output>/<method>-<size>` (same seed, same test prompts,
-the base model loaded afresh). Only the first run tests the base model (`before`); the others skip it. A
+the base model loaded afresh). Only the first run tests the base model; the others reuse its `before` metrics
+through the fore-test cache (--reuse-fore-test; runs with MAUVE test it each time). A
 finished run directory is reused, an interrupted one is resumed from its checkpoint, so re-running the same
 command continues a sweep. `<output>/sweep.json` holds the table, which is also printed.
 """
@@ -54,7 +55,7 @@ def sweep(
             run_cfg = copy.deepcopy(cfg)
             run_cfg.train.method, run_cfg.data.train_samples = method, size
             run_cfg.output = str(root / f"{method}-{size}")
-            run_cfg.eval.fore_test, run_cfg.eval.post_test = first, True  # only the first run tests the base model
+            run_cfg.eval.fore_test = run_cfg.eval.post_test = run_cfg.eval.reuse_fore_test = True
             log(f"sweep: {method} with {size} training prompts -> {run_cfg.output}")
             metrics = _run_or_reuse(runner, run_cfg, overwrite, log)
             if first:

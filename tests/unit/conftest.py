@@ -10,6 +10,14 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """$ABFT_CACHE in a fresh directory per test: no fore-test cache entry leaks from one test into another."""
+    path = tmp_path_factory.mktemp("abft-cache")
+    monkeypatch.setenv("ABFT_CACHE", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_word_model_dir(tmp_path_factory):
     """A tiny random Llama (GQA) saved with the in-process word-level tokenizer: `abft` runs on it end to end."""

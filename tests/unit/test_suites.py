@@ -455,6 +455,26 @@ def test_default_and_template_only_runs(tiny_run, tmp_path):
     assert first["accuracy"] == plain["before"]["accuracy"] and first["label_affix"] == "\n"
 
 
+def test_reuse_fore_test_hits_only_for_the_same_base_model_prompts_and_settings(patch_runner, tok, tmp_path, capsys):
+    def run(name, *extra, model=None):
+        patch_runner(model=model, tokenizer=tok, dataset=toy(n_cal=16))  # model None: a fresh seed-0 Llama per run
+        args = ["--k", "1", "--test-samples", "4", *TRAIN, "--test-type", "normal", "template", "--reuse-fore-test"]
+        assert main(["run", *args, *extra, "--output", str(tmp_path / name)]) == 0
+        read = lambda f: json.loads((tmp_path / name / f).read_text())  # noqa: E731
+        return read("metrics.json")["before"], "before_reused" in read("timings.json")
+
+    first, reused = run("abft")
+    assert not reused
+    capsys.readouterr()
+    second, reused = run("e2e", "--method", "e2e", "--lr", "1e-2")  # training settings do not matter
+    assert reused and second == first
+    printed = capsys.readouterr().out
+    assert "reused from the fore-test cache" in printed and "template consistency" in printed
+    assert not run("other-weights", model=tiny_llama(seed=1, max_position_embeddings=512))[1]
+    assert not run("other-batch", "--eval-batch-size", "2")[1]
+    assert not run("other-template-set", "--test-type", "normal")[1]
+
+
 # --------------------------------------------------------------------------------- calibration, context
 def test_batched_calibration_is_the_per_prompt_one_bit_for_bit():
     rng = np.random.default_rng(0)

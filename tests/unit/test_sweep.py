@@ -40,7 +40,9 @@ def test_sweep_table_and_reuse(tiny, tmp_path, monkeypatch, capsys):
         assert config["train"]["method"] == r["method"] and config["data"]["train_samples"] == r["train_samples"]
         assert r["accuracy"] == metrics["after"]["accuracy"]
         assert r["gain"] == pytest.approx(r["accuracy"] - table["before_accuracy"])
-        assert ("before" in metrics) == (r["run"].endswith("abft-2"))  # the base model is tested once
+        timings = json.loads((Path(r["run"]) / "timings.json").read_text())
+        assert metrics["before"] == first["before"]
+        assert ("before_reused" in timings) == (r["run"] != str(out / "abft-2"))  # the base model is tested once
     assert len(tiny) == 4
     printed = capsys.readouterr().out
     assert format_sweep(table) in printed
@@ -50,19 +52,20 @@ def test_sweep_table_and_reuse(tiny, tmp_path, monkeypatch, capsys):
     assert json.loads((out / "sweep.json").read_text()) == table
 
 
-def test_only_the_first_run_tests_the_base_model_even_when_it_records_no_accuracy(tmp_path, monkeypatch):
+def test_every_run_asks_for_the_fore_test_cache_and_a_missing_accuracy_is_no_gain(tmp_path, monkeypatch):
     runs = []
 
     def fake_run(cfg, train, overwrite, log):  # e.g. a test type without the normal test: no "before" accuracy
         runs.append(cfg)
-        return {"before": {}, "after": {"accuracy": 0.5}} if cfg.eval.fore_test else {"after": {"accuracy": 0.75}}
+        return {"before": {}, "after": {"accuracy": 0.5}}
 
     monkeypatch.setattr(runner, "run", fake_run)
     monkeypatch.chdir(tmp_path)
     cfg = RunConfig()
     cfg.data.dataset = "sst2"
+    cfg.eval.fore_test = False  # a sweep's table needs the before accuracy: the flag is not the sweep's
     table = sweep(cfg, sizes=(2, 4), methods=("abft", "e2e"), log=lambda *a: None)
-    assert [c.eval.fore_test for c in runs] == [True, False, False, False]
+    assert all(c.eval.fore_test and c.eval.reuse_fore_test and c.eval.post_test for c in runs) and len(runs) == 4
     assert table["before_accuracy"] is None and [r["gain"] for r in table["rows"]] == [None] * 4
     root = Path(runs[0].output).parent  # runner.default_output's name, with "sweep" for the method
     assert root.parent == Path("runs") and root.name.startswith("sst2-sweep-")

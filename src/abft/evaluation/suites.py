@@ -206,3 +206,10 @@ def run_suites(
             timings[f"{stage}_{suite.timing or key}_seconds"] = round(time.perf_counter() - t, 2)
         log(f"{stage:>6}: {suite.summary(result)}")
     return out
+
+
+def log_stage(cfg, result: dict, stage: str, log=print) -> None:
+    """run_suites' summary lines of a stage's metrics.json entry `result` (e.g. one from the fore-test cache)."""
+    for key in selected(cfg):
+        suite = SUITES[key]
+        log(f"{stage:>6}: {suite.summary(result if suite.top_level else result[key])}")

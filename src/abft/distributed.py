@@ -174,19 +174,24 @@ def gather_rows(local: np.ndarray, n: int) -> np.ndarray:
 
 
 def on_main(fn: Callable):
-    """`fn()` on the main process only (None elsewhere); a UserError it raises is raised on every process,
-    so all of them stop together instead of waiting for each other."""
+    """`fn()` on the main process only (None elsewhere). Whatever it raises is raised on every process (a
+    UserError as itself, anything else as a RuntimeError naming it on the others), so all of them stop together
+    instead of waiting for each other."""
     if world_size() == 1:
         return fn()
-    result, error = None, None
+    result, error, failure = None, None, None
     if is_main():
         try:
             result = fn()
-        except UserError as exc:
-            error = str(exc)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others have heard of it
+            failure = exc
+            error = (isinstance(exc, UserError), str(exc) or type(exc).__name__)
     error = broadcast_object(error)
+    if failure is not None:
+        raise failure
     if error is not None:
-        raise UserError(error)
+        user_error, message = error
+        raise UserError(message) if user_error else RuntimeError(f"the main process failed: {message}")
     return result
 
 

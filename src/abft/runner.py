@@ -17,7 +17,7 @@ import torch
 
 from . import distributed
 from .config import RunConfig, check_at_least
-from .data import PromptBuilder, default_template, load_dataset, test_pairs, train_pairs
+from .data import PromptBuilder, default_template, load_any, test_pairs, train_pairs
 from .errors import UserError
 from .evaluation import fore_cache, suites
 from .evaluation import mauve as mauve_eval
@@ -40,15 +40,6 @@ def default_output(cfg: RunConfig, train: bool = True, what: str | None = None) 
     what = what or (cfg.train.method if train else "eval")
     name = Path(cfg.data.dataset).stem
     return Path("runs") / f"{name}-{what}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def load_data(spec: str):
-    path = Path(spec)
-    if path.suffix.lower() in {".csv", ".jsonl", ".json", ".yaml", ".yml"}:
-        from .data import load_user_dataset
-
-        return load_user_dataset(path)
-    return load_dataset(spec)
 
 
 def resume(run_dir: str | Path, log=print) -> dict:
@@ -125,7 +116,7 @@ class _Job:
 
 
 def _prepare(cfg: RunConfig, train: bool) -> _Job:
-    dataset = load_data(cfg.data.dataset)
+    dataset = load_any(cfg.data.dataset)
     pool = len(dataset.demonstration)
     if cfg.data.k > pool:  # StaICC would repeat demonstrations within a prompt; refuse instead
         raise UserError(

@@ -53,7 +53,7 @@ def patch_runner(monkeypatch):
             return loads[-1], tok
 
         monkeypatch.setattr(runner, "load_model", load_model)
-        monkeypatch.setattr(runner, "load_data", lambda spec: dataset if dataset is not None else toy(n_cal=16))
+        monkeypatch.setattr(runner, "load_any", lambda spec: dataset if dataset is not None else toy(n_cal=16))
         monkeypatch.setenv("ABFT_NO_PROGRESS", "1")
         monkeypatch.setattr("abft.report.html.write_report", lambda path: Path(path) / "report.html")
         return loads

@@ -56,6 +56,12 @@ if __name__ == "__main__":
     model_dir, out = sys.argv[1], Path(sys.argv[2])
     status = main(["run", "--model", model_dir, *sys.argv[3:], "--output", str(out / "run")])
     result = train_synthetic()
+    try:  # a failure on the main process reaches the other one instead of leaving it waiting
+        distributed.on_main(lambda: 1 / 0)
+    except (ZeroDivisionError, RuntimeError) as exc:
+        result["on_main_error"] = f"{type(exc).__name__}: {exc}"
     if distributed.is_main():
         torch.save(result, out / "train.pt")
+    else:
+        (out / "other_rank_error.txt").write_text(result["on_main_error"])
     sys.exit(status)

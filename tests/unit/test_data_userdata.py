@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from abft import data as D
-from abft.data.userdata import default_split_sizes
+from abft.data.userdata import SUFFIXES, default_split_sizes
 from abft.errors import UserError
 
 ROWS = [("great fun", "positive"), ("boring", "negative"), ("a mess", "negative"), ("lovely", "positive")] * 5
@@ -62,6 +62,25 @@ def test_tsv_json_and_bom(tmp_path):
     js = tmp_path / "d.json"
     js.write_text(json.dumps([{"text": "a", "label": "x"}, {"text": "b", "label": "y"}, {"text": "c", "label": "x"}]))
     assert D.load_user_dataset(js).info.label_words == ("x", "y")
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_dataset_option_reads_every_user_file_type(tmp_path, suffix):
+    """--dataset (data.load_any) takes any file load_user_dataset reads, and StaICC names otherwise."""
+    rows = [{"text": t, "label": y} for t, y in (("a", "x"), ("b", "y"), ("c", "x"))]
+    path = tmp_path / f"d{suffix}"
+    if suffix in (".csv", ".tsv"):
+        sep = "\t" if suffix == ".tsv" else ","
+        path.write_text("\n".join(["text" + sep + "label", *(r["text"] + sep + r["label"] for r in rows)]) + "\n")
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    else:
+        (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        path.write_text("path: rows.jsonl\n")
+    assert D.load_any(str(path)).rows == [("a", 0), ("b", 1), ("c", 0)]
+    assert D.load_any("sst2").info.name == "sst2"
 
 
 def test_specs(tmp_path):

@@ -104,6 +104,12 @@ def test_lora_pid_training_equals_one_process(one, two):
             assert abs(x[key] - y[key]) <= 1e-5 * max(1.0, abs(x[key])), (x["step"], key)
 
 
+def test_a_failure_on_the_main_process_stops_the_others_too(two):
+    assert torch.load(two["out"] / "train.pt")["on_main_error"].startswith("ZeroDivisionError")
+    other = (two["out"] / "other_rank_error.txt").read_text()
+    assert other == "RuntimeError: the main process failed: division by zero"
+
+
 @pytest.mark.parametrize("key", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
 def test_fsdp_and_deepspeed_launches_are_refused_not_ignored(monkeypatch, key):
     from abft import distributed

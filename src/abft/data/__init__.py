@@ -22,7 +22,7 @@ from .staicc import (
     restricted_loads,
 )
 from .templates import L9_TABLE, Template, consistency_templates, default_template
-from .userdata import load_user_dataset
+from .userdata import load_any, load_user_dataset
 
 # `test_pairs` is a library function, not a pytest test: keep pytest from collecting it when imported.
 test_pairs.__test__ = False
@@ -41,6 +41,7 @@ __all__ = [
     "default_template",
     "demonstration_sets",
     "list_datasets",
+    "load_any",
     "load_dataset",
     "load_user_dataset",
     "read_dataset_file",

@@ -32,6 +32,7 @@ from abft.errors import UserError
 
 from .staicc import Dataset, DatasetInfo
 
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".yaml", ".yml")  # what load_user_dataset reads
 _STD = (1024, 4096, 512)
 _SPEC_KEYS = {"path", "text_column", "label_column", "label_words", "input_prefix", "label_prefix",
               "split_sizes", "seed"}  # fmt: skip
@@ -93,7 +94,7 @@ def _read_data(path: Path) -> tuple[list, list[str] | None] | dict:
         if suffix == ".json" and isinstance(data, list):
             return data, None
         raise UserError(f"{path} must hold a list of objects or a spec mapping with a 'path' key")
-    raise UserError(f"{path} has an unsupported type {suffix!r}; use .csv, .tsv, .jsonl, .json, .yaml or .yml")
+    raise UserError(f"{path} has an unsupported type {suffix!r}; use {', '.join(SUFFIXES)}")
 
 
 def _label_index(value, words: tuple[str, ...], where: str) -> int:
@@ -242,3 +243,12 @@ def _split_sizes(sizes, n_rows: int) -> tuple[int, int, int]:
     if sum(sizes) > n_rows:
         raise UserError(f"split sizes {list(sizes)} need {sum(sizes)} rows but the file has {n_rows}; lower them")
     return tuple(sizes)
+
+
+def load_any(spec: str) -> Dataset:
+    """A StaICC dataset by name or index, or a user file (one of SUFFIXES) by path: `--dataset`'s value."""
+    if Path(spec).suffix.lower() in SUFFIXES:
+        return load_user_dataset(spec)
+    from .staicc import load_dataset
+
+    return load_dataset(spec)

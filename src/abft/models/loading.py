@@ -175,8 +175,8 @@ def _hub_reachable(timeout: float = 5.0) -> bool:
     return True
 
 
-def _load_error(model: str, online: bool, local_only: bool, exc: Exception) -> str:
-    if local_only:
+def _load_error(model: str, online: bool, offline: bool, exc: Exception) -> str:
+    if offline:
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(model, "config.json"), str):
@@ -212,16 +212,15 @@ def load_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str
             target = torch.device("cuda", torch.cuda.current_device())
         extra = {"quantization_config": config, "device_map": {"": target}}
     source, online = resolve(model)
-    if not online:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    local_only = online and not _hub_reachable()  # the cache only: no minutes of retries without a network
+    offline = online and not _hub_reachable()  # a hub id without a network: the cache only, no minutes of retries
+    local_only = offline or not online  # a directory never asks the hub for anything
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         lm = AutoModelForCausalLM.from_pretrained(
             source, dtype=DTYPES[dtype], attn_implementation="sdpa", local_files_only=local_only, **extra
         )
     except Exception as exc:  # a broken directory or download: OSError, SafetensorError, ValueError, JSON errors...
-        raise UserError(_load_error(model, online, local_only, exc)) from exc
+        raise UserError(_load_error(model, online, offline, exc)) from exc
     if not quantized:  # a 4-bit model is placed by device_map and cannot be moved
         lm.to(device)
     lm.eval()

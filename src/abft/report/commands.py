@@ -56,11 +56,10 @@ def read_config(run: str | Path) -> RunConfig:
 def load_setup(cfg: RunConfig, quantized: bool = False):
     """(model, tokenizer, builder, dataset) of a configuration, as `abft run` builds them: the base model and
     cfg's dataset with its PromptBuilder (default template, cfg's label-token mode)."""
-    from ..data import PromptBuilder, default_template
+    from ..data import PromptBuilder, default_template, load_any
     from ..models import load_model
-    from ..runner import load_data
 
-    dataset = load_data(cfg.data.dataset)
+    dataset = load_any(cfg.data.dataset)
     model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype, quantized)
     info = dataset.info
     builder = PromptBuilder(tokenizer, info.label_words, default_template(info), cfg.data.label_token_mode)

@@ -54,11 +54,8 @@ class RunDir:
         existed = run.path.exists()
         try:
             run.path.mkdir(parents=True, exist_ok=True)
-            stale_files = ("train_log.jsonl", "metrics.json", "delta.safetensors", "heads.json", "report.html")
-            for stale in stale_files + ("example_attention.json", "qk_shift.json", "timings.json"):
-                (run.path / stale).unlink(missing_ok=True)
-            for stale_dir in ("checkpoint", "adapter"):
-                shutil.rmtree(run.path / stale_dir, ignore_errors=True)
+            for old in run.path.iterdir():  # --overwrite: an abft run directory (check_available), all of it ours
+                shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
             run.set_state("running")
         except OSError as exc:
             if not existed:  # leave nothing behind

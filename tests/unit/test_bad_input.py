@@ -405,3 +405,19 @@ def test_delta_that_does_not_match_the_model(capsys, tmp_path, model_dir, data_c
         message = "is not a readable safetensors file"
     _fails(capsys, ["report", str(run), "--with-model"], message)
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "delta.safetensors"]
+
+
+def test_overwrite_replaces_the_whole_run_directory(tmp_path):
+    """--overwrite leaves nothing of the previous run (its figures, MAUVE texts, checkpoint) to be mistaken for
+    the new one's; without it an existing run is refused."""
+    from abft.rundir import RunDir
+
+    old = RunDir.create(tmp_path / "run")
+    for name in ("metrics.json", "mauve_before.jsonl", "figures/accuracy.png", "checkpoint/state.pt"):
+        (old.path / name).parent.mkdir(exist_ok=True)
+        (old.path / name).write_text("old")
+    old.set_state("finished")
+    with pytest.raises(UserError, match="already holds a finished run"):
+        RunDir.create(old.path)
+    new = RunDir.create(old.path, overwrite=True)
+    assert [p.name for p in new.path.iterdir()] == ["status.json"] and new.state() == "running"

@@ -157,6 +157,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def merge_dicts(local: dict) -> dict:
+    """The union of every process's `local` dict (picklable values), the same on every process."""
+    if world_size() == 1:
+        return local
+    parts: list = [None] * world_size()
+    dist.all_gather_object(parts, local)
+    return {key: value for part in parts for key, value in part.items()}
+
+
 def gather_rows(local: np.ndarray, n: int) -> np.ndarray:
     """Reassemble (n, ...) rows of which each process computed its `shard(range(n))`, in the original order."""
     world = world_size()

@@ -4,7 +4,8 @@
 
 1. `abft run` through the real CLI on MODEL_DIR with the given flags, output OUT/run;
 2. train() on synthetic prompts: E2E through LoRA, the PID controller active (TRAIN_CFG below); the main
-   process saves the effective W_Q/W_K and the step records to OUT/train.pt.
+   process saves the effective W_Q/W_K and the step records to OUT/train.pt;
+3. MAUVE's sampled continuations and text features on a tiny model (generate_sharded), also in OUT/train.pt.
 """
 
 import sys
@@ -45,6 +46,24 @@ def train_synthetic(seed: int = 0):
     return {"tensors": trained_tensors(model, find_qk_slices(model)), "records": [r.as_dict() for r in records]}
 
 
+def generate_sharded() -> dict:
+    """MAUVE's generation and features of 7 prefixes in batches of 2 (4 batches: uneven shares)."""
+    from tiny_tokenizer import word_tokenizer
+
+    from abft.evaluation.generation import generate_continuations, text_features
+
+    tok, model = word_tokenizer(), tiny_llama("sdpa", max_position_embeddings=512)
+    prefixes = [f"sentence : w{i} w{i + 1}" for i in range(7)]
+    texts, counts = generate_continuations(
+        model, tok, prefixes, 6, "sample", seed=3, batch_size=2, limits=[6, 2] * 3 + [1]
+    )
+    return {
+        "texts": texts,
+        "counts": counts,
+        "features": torch.from_numpy(text_features(model, tok, prefixes, batch_size=2)),
+    }
+
+
 def no_report(path):
     return Path(path) / "report.html"
 
@@ -55,7 +74,7 @@ if __name__ == "__main__":
     abft.report.html.write_report = no_report  # figures cost seconds and are tested elsewhere
     model_dir, out = sys.argv[1], Path(sys.argv[2])
     status = main(["run", "--model", model_dir, *sys.argv[3:], "--output", str(out / "run")])
-    result = train_synthetic()
+    result = {**train_synthetic(), "generation": generate_sharded()}
     try:  # a failure on the main process reaches the other one instead of leaving it waiting
         distributed.on_main(lambda: 1 / 0)
     except (ZeroDivisionError, RuntimeError) as exc:

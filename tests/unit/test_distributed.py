@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_worker import no_report, train_synthetic
+from dist_worker import generate_sharded, no_report, train_synthetic
 from safetensors.torch import load_file
 from tiny_models import tiny_llama
 
@@ -50,7 +50,7 @@ def one(model_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("abft.report.html.write_report", no_report)
         assert main(["run", "--model", str(model_dir), *FLAGS, "--output", str(out / "run")]) == 0
-    return {"out": out, "train": train_synthetic()}
+    return {"out": out, "train": train_synthetic(), "generation": generate_sharded()}
 
 
 def _close(a, b, tol):
@@ -102,6 +102,13 @@ def test_lora_pid_training_equals_one_process(one, two):
     for x, y in zip(ra, rb, strict=True):
         for key in ("loss", "heads", "penalty", "grad_norm", "train_accuracy"):
             assert abs(x[key] - y[key]) <= 1e-5 * max(1.0, abs(x[key])), (x["step"], key)
+
+
+def test_mauve_generation_and_features_shard_to_the_same_results(one, two):
+    a, b = one["generation"], torch.load(two["out"] / "train.pt")["generation"]
+    assert b["texts"] == a["texts"] and b["counts"] == a["counts"] and any(a["texts"])
+    assert b["features"].shape == a["features"].shape == (7, 32)
+    assert float((b["features"] - a["features"]).abs().max()) < 1e-5
 
 
 def test_a_failure_on_the_main_process_stops_the_others_too(two):

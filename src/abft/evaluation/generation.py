@@ -5,8 +5,10 @@
 
 Generation: batches of left-padded prefixes (in the given order) through `model.generate`; "greedy" is
 argmax decoding, "sample" is nucleus sampling (top-p TOP_P, temperature 1, no top-k) from a torch RNG
-seeded with `seed` inside `torch.random.fork_rng`, so the caller's random state (training's) is untouched
-and the same (prefixes, limits, seed, batch size) always gives the same texts. A continuation stops at EOS,
+seeded per batch from `seed` and the batch's number inside `torch.random.fork_rng`, so the caller's random
+state (training's) is untouched and the same (prefixes, limits, seed, batch size) always gives the same
+texts, on one process or several (under torchrun / accelerate launch each process generates every
+world_size-th batch and features every world_size-th text; all get all results). A continuation stops at EOS,
 after `max_new_tokens` (or its own entry of `limits`), and is cut before its first newline: reference
 continuations are single lines of text. Prefixes are batched by descending limit (ties in input order) so a
 batch wastes few steps; results come back in input order.
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from abft import distributed
 from abft.batching import left_pad
 
 DECODINGS = ("sample", "greedy")
@@ -74,17 +77,18 @@ def generate_continuations(
         options.update(do_sample=True, top_p=TOP_P, top_k=0, temperature=1.0)
     else:
         options.update(do_sample=False)
-    texts: list[str] = [""] * len(prefixes)
-    counts: list[int] = [0] * len(prefixes)
     order = sorted(range(len(prefixes)), key=lambda i: (-limits[i], i))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     devices = [device] if device.type == "cuda" else []
+    done: dict[int, tuple[str, int]] = {}  # prefix index -> (continuation, new tokens)
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for number in distributed.shard(range(len(batches))):
+            batch = batches[number]
             steps = max(limits[i] for i in batch)
             if steps < 1:
+                done.update((i, ("", 0)) for i in batch)
                 continue
+            torch.manual_seed(seed * 100_003 + number)  # a batch's texts do not depend on who generates it
             ids, mask, _ = (t.to(device) for t in left_pad([encoded[i] for i in batch], pad))
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, **options)
             for i, generated in zip(batch, out[:, ids.shape[1] :].tolist(), strict=True):
@@ -92,8 +96,10 @@ def generate_continuations(
                 if eos is not None and eos in generated:
                     generated = generated[: generated.index(eos)]
                 generated = [t for t in generated if t != pad]  # rows finished early are padded
-                texts[i] = _continuation(tokenizer, encoded[i], generated).split("\n", 1)[0].rstrip()
-                counts[i] = len(generated)
+                done[i] = (_continuation(tokenizer, encoded[i], generated).split("\n", 1)[0].rstrip(), len(generated))
+    done = distributed.merge_dicts(done)
+    texts = [done[i][0] for i in range(len(prefixes))]
+    counts = [done[i][1] for i in range(len(prefixes))]
     return texts, counts
 
 
@@ -105,7 +111,7 @@ def text_features(
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     device = _device(model)
-    encoded = [ids or [tokenizer.eos_token_id] for ids in _encode(tokenizer, texts)]
+    encoded = distributed.shard([ids or [tokenizer.eos_token_id] for ids in _encode(tokenizer, texts)])
     decoder = model.base_model
     out = []
     for start in range(0, len(encoded), batch_size):
@@ -120,4 +126,5 @@ def text_features(
             pooled = (hidden * weights).sum(1) / weights.sum(1)
         out.append(pooled.cpu().numpy())
     width = model.config.get_text_config().hidden_size
-    return np.concatenate(out, axis=0) if out else np.zeros((0, width), dtype=np.float32)
+    local = np.concatenate(out, axis=0) if out else np.zeros((0, width), dtype=np.float32)
+    return distributed.gather_rows(local, len(texts))

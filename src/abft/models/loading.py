@@ -142,7 +142,7 @@ def quantization_config(device: str, dtype: str | None):
     """
     missing = []
     if importlib.util.find_spec("bitsandbytes") is None:
-        missing.append("the bitsandbytes package (pip install bitsandbytes)")
+        missing.append("the bitsandbytes package (pip install 'abft[quantized]')")
     if not torch.cuda.is_available():
         missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
     elif not str(device).startswith("cuda"):

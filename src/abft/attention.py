@@ -197,6 +197,30 @@ def _uses_reentrant_checkpointing(model) -> bool:
     return False
 
 
+def _fsdp_units(model) -> dict[int, object]:
+    """id(module) -> the innermost FSDP2 unit (FSDPModule) holding it, for a model sharded by fully_shard."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without distributed support
+        return {}
+    units: dict[int, object] = {}
+
+    def visit(module, unit) -> None:
+        unit = module if isinstance(module, FSDPModule) else unit
+        if unit is not None:
+            units[id(module)] = unit
+        for child in module.children():
+            visit(child, unit)
+
+    visit(model, None)
+    return units
+
+
+def _unshard(unit, grad: torch.Tensor) -> torch.Tensor:
+    unit.unshard()
+    return grad
+
+
 class capture_last_row:
     """Context manager recording, during one forward, the last real row of every layer's attention.
 
@@ -238,6 +262,7 @@ class capture_last_row:
         self._probs = None
         self._index_cache = {}
         self._module_ids = frozenset(id(module) for module in self.model.modules())
+        self._fsdp_units = _fsdp_units(self.model)
         _STATE.capture = self
         return self
 
@@ -298,6 +323,11 @@ class capture_last_row:
                 row = self._compute(module, query, key, attention_mask, kwargs)
         else:
             row = self._compute(module, query, key, attention_mask, kwargs)
+        unit = self._fsdp_units.get(id(module))
+        if unit is not None and row.requires_grad:
+            # The row is not an output of its FSDP unit (the decoder layer), so FSDP's own pre-backward hook
+            # does not gather the unit's weights before the row's backward needs them: gather them here.
+            row.register_hook(functools.partial(_unshard, unit))
         layer = getattr(module, "layer_idx", None)
         self._entries.append((layer if isinstance(layer, int) else None, len(self._entries), row))
         self._probs = None

@@ -34,6 +34,12 @@ class ModelConfig:
         "4-bit NF4 base with bf16 compute (bitsandbytes, CUDA only); training then goes through LoRA "
         "(--lora-r, 16 if not given)",
     )
+    fsdp: bool = opt(
+        False,
+        "under torchrun / accelerate launch: shard the weights, gradients and Adam state over the processes "
+        "(FSDP2) instead of a whole model per process, for models that do not fit one device "
+        "(also on with an Accelerate FSDP config)",
+    )
 
 
 @dataclass

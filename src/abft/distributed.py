@@ -7,6 +7,7 @@
     probs = distributed.gather_rows(local, n)  # rows scored by every process, back in the original order
     out = distributed.open_run_dir(create)    # main process: create(); the others: a private scratch dir
     distributed.on_main(check)                # only the main process runs check(); its UserError stops all
+    distributed.shard_model(model)            # --fsdp: each process holds 1/world of the weights (FSDP2)
 
 Every process builds the same deterministic schedule (train.schedule) and takes its share of each
 step's prompt indices; the loss is already divided by the global pseudo-batch size, so summed
@@ -15,8 +16,14 @@ weights. Only the main process writes the run directory and shows progress bars;
 into a scratch directory that is deleted at exit, so the protocol code needs no rank checks.
 
 Process groups come from accelerate's PartialState (nccl on CUDA, gloo on CPU). Under one process
-every function is the identity. FSDP / DeepSpeed are refused (see `init`): each process holds a whole
-model copy here.
+every function is the identity.
+
+Fully sharded (`--fsdp`, or an Accelerate FSDP config): torch's FSDP2 `fully_shard` on every decoder layer
+and the whole model, so each process holds a 1/world share of the weights, gradients and Adam state, and
+gathers a layer's weights only while it runs. The data-parallel logic above is unchanged, with two
+differences: FSDP sums the gradients itself (reduce-scatter, divide factor 1), and every forward is a
+collective, so each process runs the same number of batches (`batch_count`; a process short of prompts runs
+a dummy batch whose results it drops). DeepSpeed is refused (see `init`).
 """
 
 from __future__ import annotations
@@ -58,13 +65,10 @@ def init() -> None:
     """Join the process group a launcher describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR, ...)."""
     if _active() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
-    for key, engine in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(key, "").lower() in {"1", "true"}:
-            raise UserError(
-                f"{engine} is not supported: abft trains data-parallel with one whole model per process. "
-                "For a model that does not fit one GPU use --quantized (4-bit base + LoRA); "
-                "launch with a plain multi-GPU accelerate config (see README, 'Scaling up')"
-            )
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in {"1", "true"}:
+        raise UserError(
+            "DeepSpeed is not supported: launch with a multi-GPU or FSDP accelerate config (see README, 'Scaling up')"
+        )
     from accelerate import PartialState
 
     PartialState(cpu=not torch.cuda.is_available())  # nccl with GPUs, gloo on CPU
@@ -72,6 +76,83 @@ def init() -> None:
         raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but no process group could be set up")
     progress.set_enabled(is_main())
     atexit.register(_shutdown)
+
+
+def fsdp_requested() -> bool:
+    """Whether the launcher asks for fully sharded training (an Accelerate FSDP config)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in {"1", "true"}
+
+
+_SHARDED: list = []  # the model shard_model sharded (at most one per process)
+
+
+def sharded() -> bool:
+    """Whether a model is fully sharded over the processes (shard_model)."""
+    return bool(_SHARDED)
+
+
+def shard_model(model) -> None:
+    """FSDP2 over all processes: every decoder layer (transformers' _no_split_modules) and the whole model.
+
+    Call it once, after LoRA adapters are added and before anything reads the weights; the model's forward
+    must then always be called on the whole model (the FSDP root). LoRA's random A matrices are sent from
+    the main process first so every share comes from the same values. On GPUs the shares move to this
+    process's device; the model may be loaded on the CPU.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if world_size() == 1 or _SHARDED:
+        return
+    broadcast_params([p for name, p in model.named_parameters() if "lora_" in name])
+    mesh = init_device_mesh("cuda" if dist.get_backend() == "nccl" else "cpu", (world_size(),))
+    kinds = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in kinds]
+    if not layers:
+        raise UserError(f"--fsdp: {type(model).__name__} names no decoder layer class (_no_split_modules)")
+    for module in [*layers, model]:
+        fully_shard(module, mesh=mesh)
+        module.set_gradient_divide_factor(1.0)  # summed: the loss is already divided by the global batch size
+        module.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
+    _SHARDED.append(model)
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole value of a tensor that may be an FSDP share (a DTensor; then every process must call this);
+    any other tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`value` (a whole tensor shaped like `param`) laid out as `param`: this process's share of it when
+    `param` is an FSDP share (collective), else `value` itself."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(param, DTensor):
+        return value
+    return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+
+
+def batch_count(n: int, batch_size: int) -> int:
+    """Batches of `batch_size` this process runs for its shard(range(n)): its own count, or with a sharded
+    model the largest count of any process (the extra ones are dummies)."""
+    mine = len(range(rank(), n, world_size()))
+    if sharded():
+        mine = -(-n // world_size())
+    return -(-mine // batch_size)
+
+
+def grad_norm(params: Sequence[torch.Tensor]) -> float:
+    """The global L2 norm of the parameters' gradients (float64), sharded or not."""
+    from torch.distributed.tensor import DTensor
+
+    local = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params if p.grad is not None]
+    squares = float(sum(g.detach().double().pow(2).sum() for g in local)) if local else 0.0
+    if sharded():
+        (squares,) = sum_floats(squares)
+    return squares**0.5
 
 
 def _shutdown() -> None:
@@ -107,8 +188,9 @@ def sum_floats(*values: float) -> tuple[float, ...]:
 
 
 def broadcast_params(params: Sequence[torch.Tensor]) -> None:
-    """Give every process the main process's values (e.g. LoRA's random initialisation)."""
-    if world_size() == 1:
+    """Give every process the main process's values (e.g. LoRA's random initialisation). A sharded model's
+    parameters got them in shard_model."""
+    if world_size() == 1 or sharded():
         return
     with torch.no_grad():
         for p in params:
@@ -117,8 +199,9 @@ def broadcast_params(params: Sequence[torch.Tensor]) -> None:
 
 def sync_gradients(params: Sequence[torch.Tensor]) -> None:
     """Sum `.grad` over processes in place. A gradient that no process has stays None (Adam skips it);
-    one that only some processes have is zero elsewhere, as on one process."""
-    if world_size() == 1:
+    one that only some processes have is zero elsewhere, as on one process. (A sharded model's gradients are
+    summed by FSDP in the backward pass.)"""
+    if world_size() == 1 or sharded():
         return
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=_comm_device())
     dist.all_reduce(has)

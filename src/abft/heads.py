@@ -23,7 +23,7 @@ def label_forward(model, batch: Batch, objective: ABFTObjective) -> tuple[torch.
     induction_rate (1.0 where the head passes ABFT's filter)."""
     use_last_row_attention(model)
     with capture_last_row(model) as cap:
-        model.base_model(**batch.model_inputs())  # the transformer without its LM head: no logits
+        model(**batch.model_inputs(), logits_to_keep=1)  # the whole model: it may be an FSDP root
     label_probs = objective.label_attention(cap.probs, batch.label_positions.clamp(min=0))  # (B, L, H, k)
     valid = batch.demo_labels >= 0
     correct = valid & (batch.demo_labels == batch.gold[:, None])

@@ -66,6 +66,8 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
         cfg.train.lora_r = 16  # a 4-bit base is trained through an adapter; the paper's rank
         log("note: --quantized trains LoRA adapters; --lora-r was not given, so the paper's rank 16 is used")
     _validate(cfg, train)
+    if cfg.model.fsdp and distributed.world_size() == 1:
+        log("note: --fsdp shards the model over the processes of torchrun / accelerate launch; this is one process")
     if not resume_run:
         cfg.output = str(cfg.output or default_output(cfg, train))
         distributed.on_main(lambda: RunDir.check_available(cfg.output, overwrite))  # the main process writes it
@@ -123,9 +125,15 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
             f"--k {cfg.data.k} is larger than the demonstration pool of '{dataset.info.name}' ({pool} rows); "
             "lower --k or use a larger dataset"
         )
-    model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype, cfg.model.quantized)
+    fsdp = _fsdp(cfg)
+    device, dtype = cfg.model.device, cfg.model.dtype
+    if fsdp:  # the whole model on the CPU first; shard_model moves each process's share to its GPU
+        device, dtype = "cpu", dtype or ("bf16" if torch.cuda.is_available() else "fp32")
+    model, tokenizer = load_model(cfg.model.model, device, dtype, cfg.model.quantized)
     if train and cfg.train.lora_r:  # before anything reads W_Q/W_K (the report's snapshot)
         add_lora(model, cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
+    if fsdp:
+        distributed.shard_model(model)
     info = dataset.info
     builder = PromptBuilder(tokenizer, info.label_words, default_template(info), cfg.data.label_token_mode)
     test = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, cfg.data.test_samples))
@@ -141,7 +149,21 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     return _Job(dataset, model, tokenizer, builder, test, train_prompts, {}, mauve=mauve, base=base, sets=sets)
 
 
+def _fsdp(cfg: RunConfig) -> bool:
+    """Whether to shard the model (--fsdp or an Accelerate FSDP config) over several processes."""
+    return (cfg.model.fsdp or distributed.fsdp_requested()) and distributed.world_size() > 1
+
+
 def _validate(cfg: RunConfig, train: bool) -> None:
+    if _fsdp(cfg):
+        refused = [
+            ("--quantized", cfg.model.quantized),
+            ("--restricted-gradient", train and cfg.train.restricted_gradient),
+            ("--mauve-test", cfg.eval.mauve_test or cfg.eval.mauve_prefix),
+        ]
+        for flag, given in refused:
+            if given:
+                raise UserError(f"{flag} cannot be combined with --fsdp (a sharded model)")
     if cfg.model.device:
         try:
             device = torch.device(cfg.model.device)
@@ -208,6 +230,8 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
             atomic_write(out.file("train_log.jsonl"), "".join(json.dumps(r.as_dict()) + "\n" for r in records))
 
         checkpoint = out.file("checkpoint")
+        if distributed.sharded():
+            log("note: a sharded (--fsdp) run keeps no checkpoint; an interrupted one trains again from the start")
         train_model(
             model,
             train_prompts,
@@ -218,7 +242,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
             seed=cfg.seed,
             on_step=on_step,
             on_resume=on_resume,
-            checkpoint_dir=checkpoint,
+            checkpoint_dir=None if distributed.sharded() else checkpoint,
             checkpoint_every=cfg.checkpoint_every,
         )
         timings["train_seconds"] = round(time.perf_counter() - t, 2)

@@ -96,6 +96,8 @@ def train(
         add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     if cfg.restricted_gradient and has_lora(model):
         raise UserError("--restricted-gradient cannot be combined with LoRA: lora_A is shared by all heads")
+    if cfg.restricted_gradient and distributed.sharded():
+        raise UserError("--restricted-gradient cannot be combined with --fsdp: a head's rows span the shards")
     device = next(model.parameters()).device
     slices = find_qk_slices(model)
     params = mark_trainable(model, slices, cfg.train_bias)
@@ -140,13 +142,15 @@ def train(
                 chunk = sorted(chunk, key=lambda i: len(prompts[i].input_ids))
                 mine = distributed.shard(chunk)  # all of it on one process
                 total_loss, total_heads, total_correct = 0.0, 0.0, 0
-                for m in range(0, len(mine), micro):
-                    batch = collate([prompts[i] for i in mine[m : m + micro]], pad_id).to(device)
+                for m in range(distributed.batch_count(len(chunk), micro)):
+                    part = mine[m * micro : (m + 1) * micro]
+                    # A sharded model needs every process in every forward: one short of prompts runs a dummy
+                    # micro-batch (the chunk's first prompt) with weight 0.
+                    weight = 1.0 if part else 0.0
+                    batch = collate([prompts[i] for i in (part or chunk[:1])], pad_id).to(device)
                     with capture_last_row(model) as cap:
-                        if cfg.method == "e2e":
-                            logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]
-                        else:
-                            model.base_model(**batch.model_inputs())  # without the LM head: ABFT needs no logits
+                        # logits at the last position only: ABFT needs none, E2E one row
+                        logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]
                     abft_loss, heads = objective(
                         cap.probs,
                         batch.label_positions,
@@ -158,24 +162,23 @@ def train(
                     )
                     if cfg.method == "e2e":
                         loss = e2e_loss(logits, batch.gold, label_ids, cfg.e2e_over)
-                        total_correct += int((logits[:, label_ids].argmax(-1) == batch.gold).sum())
+                        total_correct += int((logits[:, label_ids].argmax(-1) == batch.gold).sum()) * int(weight)
                     else:
                         loss = abft_loss
-                    scaled = loss.sum() / len(chunk)  # the global pseudo-batch: summed gradients are the mean
+                    scaled = loss.sum() * weight / len(chunk)  # the global pseudo-batch: summed gradients = the mean
                     if cfg.restricted_gradient:
                         _masked_backward(scaled, named, slices, heads[0])
                     elif scaled.requires_grad:
                         scaled.backward()
-                    total_loss += float(loss.detach().sum())
-                    total_heads += float(heads.sum())
+                    total_loss += float(loss.detach().sum()) * weight
+                    total_heads += float(heads.sum()) * weight
                 total_loss, total_heads, total_correct = distributed.sum_floats(total_loss, total_heads, total_correct)
                 distributed.sync_gradients(params)
                 if not math.isfinite(total_loss):
                     raise TrainingDiverged(
                         f"loss became {total_loss} at step {step}; the last good checkpoint is kept; lower --lr"
                     )
-                grads = [p.grad.detach().double().norm() for p in params if p.grad is not None]
-                grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
+                grad_norm = distributed.grad_norm(params)
                 if not math.isfinite(grad_norm):  # a finite loss can still have NaN/inf gradients
                     raise TrainingDiverged(
                         f"gradients became {grad_norm} at step {step}; the last good checkpoint is kept; lower --lr"

@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 dist_worker.py MODEL_DIR OUT [ABFT FLAGS...]
 
-1. `abft run` through the real CLI on MODEL_DIR with the given flags, output OUT/run;
+1. `abft run` through the real CLI on MODEL_DIR with the given flags, output OUT/run (with --fsdp: only this);
 2. train() on synthetic prompts: E2E through LoRA, the PID controller active (TRAIN_CFG below); the main
    process saves the effective W_Q/W_K and the step records to OUT/train.pt;
 3. MAUVE's sampled continuations and text features on a tiny model (generate_sharded), also in OUT/train.pt.
@@ -74,6 +74,11 @@ if __name__ == "__main__":
     abft.report.html.write_report = no_report  # figures cost seconds and are tested elsewhere
     model_dir, out = sys.argv[1], Path(sys.argv[2])
     status = main(["run", "--model", model_dir, *sys.argv[3:], "--output", str(out / "run")])
+    if "--fsdp" in sys.argv:  # the sharded launch checks the run only, and that the model was sharded
+        (model,) = distributed._SHARDED
+        q = model.model.layers[0].self_attn.q_proj.weight
+        (out / f"shard{distributed.rank()}.txt").write_text(f"{type(q).__name__} {list(q.to_local().shape)}")
+        sys.exit(status)
     result = {**train_synthetic(), "generation": generate_sharded()}
     try:  # a failure on the main process reaches the other one instead of leaving it waiting
         distributed.on_main(lambda: 1 / 0)

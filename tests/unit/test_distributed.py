@@ -31,17 +31,46 @@ def model_dir(tiny_word_model_dir):
     return tiny_word_model_dir
 
 
-@pytest.fixture(scope="module")
-def two(model_dir, tmp_path_factory):
-    """The two-process results: OUT/run (the run directory), OUT/train.pt, stdout, and the scratch TMPDIR."""
+def launch_two(model_dir, tmp_path_factory, *extra: str) -> dict:
+    """Two processes of dist_worker.py: OUT/run (the run directory), OUT/train.pt, stdout, the scratch TMPDIR."""
     out, scratch = tmp_path_factory.mktemp("two"), tmp_path_factory.mktemp("tmpdir")
     env = {**os.environ, "ABFT_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent / "src"), env.get("PYTHONPATH", "")])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += [str(HERE / "dist_worker.py"), str(model_dir), str(out), *FLAGS]
+    command += [str(HERE / "dist_worker.py"), str(model_dir), str(out), *FLAGS, *extra]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return {"out": out, "stdout": result.stdout, "scratch": scratch}
+
+
+@pytest.fixture(scope="module")
+def two(model_dir, tmp_path_factory):
+    return launch_two(model_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def two_sharded(model_dir, tmp_path_factory):
+    return launch_two(model_dir, tmp_path_factory, "--fsdp")
+
+
+LORA_E2E = ["--method", "e2e", "--lora-r", "4"]  # the big-model recipe: adapters on a sharded base
+
+
+def test_sharded_lora_adapter_equals_one_process(model_dir, tmp_path_factory):
+    two = launch_two(model_dir, tmp_path_factory, "--fsdp", *LORA_E2E)
+    one = tmp_path_factory.mktemp("one-lora") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("abft.report.html.write_report", no_report)
+        assert main(["run", "--model", str(model_dir), *FLAGS, *LORA_E2E, "--output", str(one)]) == 0
+    a = load_file(str(one / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(two["out"] / "run" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and max(float(a[k].abs().max()) for k in a if "lora_B" in k) > 1e-4  # trained
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    _close(
+        json.loads((one / "metrics.json").read_text()),
+        json.loads((two["out"] / "run" / "metrics.json").read_text()),
+        1e-6,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +97,10 @@ def _close(a, b, tol):
     return True
 
 
-def test_run_directory_delta_and_metrics_equal_one_process(one, two):
+@pytest.mark.parametrize("launch", ["two", "two_sharded"])
+def test_run_directory_delta_and_metrics_equal_one_process(one, launch, request):
+    """Data parallel, and fully sharded (FSDP2: each process holds half of every tensor), equal one process."""
+    two = request.getfixturevalue(launch)
     a, b = one["out"] / "run", two["out"] / "run"
     da, db = load_file(str(a / "delta.safetensors")), load_file(str(b / "delta.safetensors"))
     assert da.keys() == db.keys()
@@ -117,13 +149,41 @@ def test_a_failure_on_the_main_process_stops_the_others_too(two):
     assert other == "RuntimeError: the main process failed: division by zero"
 
 
-@pytest.mark.parametrize("key", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_fsdp_and_deepspeed_launches_are_refused_not_ignored(monkeypatch, key):
+def test_sharded_run_holds_half_of_every_tensor_per_process(two_sharded):
+    shards = [(two_sharded["out"] / f"shard{r}.txt").read_text() for r in range(2)]
+    assert shards == ["DTensor [16, 32]"] * 2  # q_proj is (32, 32): each process holds 16 rows
+
+
+def test_accelerate_fsdp_config_asks_for_sharding_and_deepspeed_is_refused(monkeypatch):
     from abft import distributed
     from abft.errors import UserError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv(key, "true")
-    with pytest.raises(UserError, match="not supported: abft trains data-parallel"):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert distributed.fsdp_requested()
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(UserError, match="DeepSpeed is not supported"):
         distributed.init()
     assert distributed.world_size() == 1  # nothing was started
+
+
+def test_fsdp_refuses_what_it_cannot_shard(monkeypatch):
+    from abft import distributed, runner
+    from abft.config import RunConfig
+    from abft.errors import UserError
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    for field, value, flag in [
+        ("model.quantized", True, "--quantized"),
+        ("train.restricted_gradient", True, "--restricted-gradient"),
+        ("eval.mauve_test", True, "--mauve-test"),
+    ]:
+        cfg = RunConfig()
+        cfg.model.fsdp = True
+        section, name = field.split(".")
+        setattr(getattr(cfg, section), name, value)
+        with pytest.raises(UserError, match=f"{flag} cannot be combined with --fsdp"):
+            runner._validate(cfg, train=True)
+    cfg = RunConfig()
+    cfg.model.fsdp = True
+    runner._validate(cfg, train=True)  # the default run is fine

@@ -30,19 +30,21 @@ def score_prompts(
     """Softmax over the label tokens' logits at each prompt's last position, in prompt order.
 
     Several processes (abft.distributed) each score their share of the prompts; every one gets all rows.
+    With a sharded model a process short of batches scores a dummy one (the first prompt) and drops it.
     """
     device = next(model.parameters()).device
     labels = torch.tensor(list(label_token_ids), device=device)
     mine = distributed.shard(prompts)  # all of them on one process
     out = np.zeros((len(mine), len(labels)), dtype=np.float64)
     batches = list(length_batches(mine, batch_size))
+    batches += [None] * (distributed.batch_count(len(prompts), batch_size) - len(batches))
     with progress_bar(description, total=len(mine)) as advance:
         for idx in batches:
-            batch = collate([mine[i] for i in idx], pad_id).to(device)
+            batch = collate([mine[i] for i in idx] if idx else list(prompts[:1]), pad_id).to(device)
             logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]  # (B, V)
-            probs = torch.softmax(logits[:, labels].double(), dim=-1)
-            out[idx] = probs.cpu().numpy()
-            advance(len(idx))
+            if idx:
+                out[idx] = torch.softmax(logits[:, labels].double(), dim=-1).cpu().numpy()
+                advance(len(idx))
     return distributed.gather_rows(out, len(prompts))
 
 

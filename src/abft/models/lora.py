@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..errors import UserError
 
 ADAPTER = "default"  # peft's adapter name
@@ -126,7 +127,8 @@ def save_adapter(model: torch.nn.Module, directory: str | Path) -> Path:
     config = model.peft_config[ADAPTER]
     state = get_peft_model_state_dict(model, adapter_name=ADAPTER)
     # PeftModel prefixes its wrapped model with "base_model.model."; the loader expects those keys
-    tensors = {f"base_model.model.{k}": v.detach().contiguous().cpu() for k, v in sorted(state.items())}
+    full = {k: distributed.full(v.detach()) for k, v in sorted(state.items())}  # FSDP shares: gathered
+    tensors = {f"base_model.model.{k}": v.contiguous().cpu() for k, v in full.items()}
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     try:

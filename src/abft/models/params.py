@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .. import distributed
 from ..errors import UserError
 from .lora import (
     ADAPTER_DIR,
@@ -152,10 +153,11 @@ def mark_trainable(model: torch.nn.Module, slices: list[QKSlice], train_bias: bo
         p = qk_param(model, name)
         p.requires_grad_(True)
         out.append(p)
-        mask = torch.zeros_like(p, dtype=torch.bool)
+        mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)  # whole, also for an FSDP share
         for s, is_bias in owners:
             _select(mask, s, is_bias).fill_(True)
         if not bool(mask.all()):
+            mask = distributed.like(mask, p)
             out.hooks.append(p.register_hook(lambda g, m=mask: g * m))
     return out
 
@@ -209,15 +211,15 @@ def _weight(model: torch.nn.Module, name: str, effective: bool = True) -> torch.
     """A projection's weight; with LoRA the base (dequantised if 4-bit), plus the LoRA update if `effective`."""
     module = model.get_submodule(owner(name))
     if not is_lora_layer(module):
-        return qk_param(model, name).detach()
+        return distributed.full(qk_param(model, name).detach())
     weight = module.base_layer.weight
     if getattr(weight, "quant_state", None) is not None:  # bitsandbytes 4-bit
         from peft.utils.integrations import dequantize_module_weight
 
         weight = dequantize_module_weight(module.base_layer)
-    weight = weight.detach()
+    weight = distributed.full(weight.detach())
     delta = delta_weight(module) if effective else None
-    return weight if delta is None else weight + delta.detach().to(weight.dtype)
+    return weight if delta is None else weight + distributed.full(delta.detach()).to(weight.dtype)
 
 
 def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -237,7 +239,7 @@ def trained_tensors(model: torch.nn.Module, slices: list[QKSlice], effective: bo
             weights[s.param] = _weight(model, s.param, effective)
         out[f"{s.param}@{s.kind}"] = _cpu_copy(_select(weights[s.param], s, False))
         if s.bias:
-            out[f"{s.bias}@{s.kind}"] = _cpu_copy(_select(qk_param(model, s.bias).detach(), s, True))
+            out[f"{s.bias}@{s.kind}"] = _cpu_copy(_select(distributed.full(qk_param(model, s.bias).detach()), s, True))
     return out
 
 
@@ -254,22 +256,34 @@ def assign_qk(
     """
     slices = list(slices) if slices is not None else find_qk_slices(model)
     what = source if source is not None else "these weights"
-    targets = {}
+    places: dict[str, tuple[str, QKSlice, bool]] = {}  # key -> (parameter, slice, is_bias)
     for s in slices:
-        targets[f"{s.param}@{s.kind}"] = _select(qk_param(model, s.param).data, s, False)
+        places[f"{s.param}@{s.kind}"] = (s.param, s, False)
         if s.bias:
-            targets[f"{s.bias}@{s.kind}"] = _select(qk_param(model, s.bias).data, s, True)
-    extra, missing = sorted(set(tensors) - set(targets)), sorted(set(targets) - set(tensors))
+            places[f"{s.bias}@{s.kind}"] = (s.bias, s, True)
+    extra, missing = sorted(set(tensors) - set(places)), sorted(set(places) - set(tensors))
     if extra or missing:
         reason = f"it has tensor '{extra[0]}'" if extra else f"it lacks tensor '{missing[0]}'"
         raise UserError(f"{what} does not match this model ({reason}); load it onto its base model")
     for key in sorted(tensors):
-        shape, want = tuple(tensors[key].shape), tuple(targets[key].shape)
-        if shape != want:
-            raise UserError(f"{what}: '{key}' has shape {shape}, the model {want}; load it onto its base model")
+        name, s, is_bias = places[key]
+        shape = list(qk_param(model, name).shape)
+        shape[0 if is_bias else s.out_dim] = s.stop - s.start
+        if tuple(tensors[key].shape) != tuple(shape):
+            raise UserError(
+                f"{what}: '{key}' has shape {tuple(tensors[key].shape)}, the model {tuple(shape)}; "
+                "load it onto its base model"
+            )
     with torch.no_grad():
-        for key, target in targets.items():
-            target.copy_(tensors[key].to(target.dtype))
+        for name in dict.fromkeys(name for name, _, _ in places.values()):
+            data = qk_param(model, name).data
+            value = distributed.full(data)  # `data` itself, written in place, unless an FSDP share
+            for key, (owner_name, s, is_bias) in places.items():
+                if owner_name == name:
+                    target = _select(value, s, is_bias)
+                    target.copy_(tensors[key].to(target.dtype))
+            if value is not data:
+                data.to_local().copy_(distributed.like(value, data).to_local())
 
 
 def save_delta(model: torch.nn.Module, slices: list[QKSlice], path: Path, meta: dict | None = None) -> None:

@@ -6,7 +6,8 @@ and unseen-label protocols, one table per dataset.
 Each (dataset, method) is an ordinary `abft run` with paper defaults and every protocol flag; E2E reuses ABFT's
 fore-test through --reuse-fore-test (same base model, same prompts). A finished run directory is reused, so
 re-running continues. Vanilla and calibration are the `before` stage; E2E and ABFT their `after` stage.
-Writes benchmarks/protocol_table.json and prints the Markdown tables (copied into RESULTS.md).
+Writes benchmarks/protocol_table.json (one entry per dataset, others kept) and prints the Markdown tables
+(copied into RESULTS.md).
 """
 
 from __future__ import annotations
@@ -74,14 +75,14 @@ def main() -> None:
     parser.add_argument("--test-samples", type=int, default=100)
     parser.add_argument("--runs", type=Path, default=Path("runs/protocol-table"))
     args = parser.parse_args()
-    results = {}
+    out = HERE / "protocol_table.json"
+    results = json.loads(out.read_text()) if out.exists() else {}  # other datasets' tables are kept
     for dataset in args.datasets:
         abft = run(dataset, "abft", args.test_samples, args.runs)
         e2e = run(dataset, "e2e", args.test_samples, args.runs)
-        results[dataset] = table(abft, e2e)
-        print(markdown(dataset, results[dataset]), flush=True)
-    out = HERE / "protocol_table.json"
-    out.write_text(json.dumps({"test_samples": args.test_samples, "tables": results}, indent=2) + "\n")
+        results[dataset] = {"test_samples": args.test_samples, "rows": table(abft, e2e)}
+        print(markdown(dataset, results[dataset]["rows"]), flush=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
 
 

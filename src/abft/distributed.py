@@ -32,6 +32,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -83,12 +84,12 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in {"1", "true"}
 
 
-_SHARDED: list = []  # the model shard_model sharded (at most one per process)
+_SHARDED: list = []  # a weak reference to the model shard_model sharded last (a sweep loads one per run)
 
 
 def sharded() -> bool:
-    """Whether a model is fully sharded over the processes (shard_model)."""
-    return bool(_SHARDED)
+    """Whether the model in use is fully sharded over the processes (shard_model)."""
+    return bool(_SHARDED) and _SHARDED[0]() is not None
 
 
 def shard_model(model) -> None:
@@ -102,10 +103,11 @@ def shard_model(model) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    if world_size() == 1 or _SHARDED:
+    if world_size() == 1:
         return
+    _SHARDED[:] = []  # a new model (not yet sharded): the previous one is done with
     broadcast_params([p for name, p in model.named_parameters() if "lora_" in name])
-    mesh = init_device_mesh("cuda" if dist.get_backend() == "nccl" else "cpu", (world_size(),))
+    mesh = init_device_mesh("cuda" if _nccl() else "cpu", (world_size(),))
     kinds = set(getattr(model, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in kinds]
     if not layers:
@@ -114,7 +116,7 @@ def shard_model(model) -> None:
         fully_shard(module, mesh=mesh)
         module.set_gradient_divide_factor(1.0)  # summed: the loss is already divided by the global batch size
         module.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
-    _SHARDED.append(model)
+    _SHARDED.append(weakref.ref(model))
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:
@@ -123,6 +125,14 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's share of an FSDP DTensor (a view: in-place changes reach the DTensor); any other
+    tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -146,10 +156,9 @@ def batch_count(n: int, batch_size: int) -> int:
 
 def grad_norm(params: Sequence[torch.Tensor]) -> float:
     """The global L2 norm of the parameters' gradients (float64), sharded or not."""
-    from torch.distributed.tensor import DTensor
 
-    local = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params if p.grad is not None]
-    squares = float(sum(g.detach().double().pow(2).sum() for g in local)) if local else 0.0
+    grads = [local(p.grad) for p in params if p.grad is not None]
+    squares = float(sum(g.detach().double().pow(2).sum() for g in grads)) if grads else 0.0
     if sharded():
         (squares,) = sum_floats(squares)
     return squares**0.5
@@ -169,8 +178,13 @@ def device() -> str | None:
     return None
 
 
+def _nccl() -> bool:
+    """Whether collectives on GPU tensors go through NCCL ("nccl", or Accelerate's "cuda:nccl,cpu:gloo")."""
+    return "nccl" in str(dist.get_backend())
+
+
 def _comm_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if _nccl() else torch.device("cpu")
 
 
 def shard(items: Sequence) -> list:
@@ -194,7 +208,11 @@ def broadcast_params(params: Sequence[torch.Tensor]) -> None:
         return
     with torch.no_grad():
         for p in params:
-            dist.broadcast(p.data, src=0)
+            source = p.data
+            data = source.to(_comm_device())  # NCCL sends GPU tensors only; the model may still be on the CPU
+            dist.broadcast(data, src=0)
+            if data is not source:
+                source.copy_(data)
 
 
 def sync_gradients(params: Sequence[torch.Tensor]) -> None:

@@ -276,7 +276,7 @@ def _fore_test(cfg: RunConfig, job: _Job, metrics: dict, evaluate, log) -> None:
             log("note: --reuse-fore-test is not used with MAUVE (its before generations belong to this run)")
         evaluate("before")
         return
-    key = fore_cache.fore_test_key(cfg, job.model, job.test)
+    key = fore_cache.fore_test_key(cfg, job.model, job.sets)
     cached = distributed.broadcast_object(fore_cache.load(key) if distributed.is_main() else None)
     if cached is not None:
         log(f"before: reused from the fore-test cache ({key})")

@@ -174,6 +174,7 @@ def train(
                     total_heads += float(heads.sum()) * weight
                 total_loss, total_heads, total_correct = distributed.sum_floats(total_loss, total_heads, total_correct)
                 distributed.sync_gradients(params)
+                params.mask_gradients()  # the V part of a fused Q|K|V tensor stays untrained
                 if not math.isfinite(total_loss):
                     raise TrainingDiverged(
                         f"loss became {total_loss} at step {step}; the last good checkpoint is kept; lower --lr"
@@ -217,7 +218,6 @@ def train(
                     on_step(record)
                 advance(1, loss=record.loss, heads=record.heads, A=controller.penalty)
     finally:
-        params.remove_hooks()
         if cfg.gradient_checkpointing:
             _disable_checkpointing(model)
         model.eval()

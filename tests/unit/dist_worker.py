@@ -64,6 +64,20 @@ def generate_sharded() -> dict:
     }
 
 
+def fused_v_change() -> str:
+    """A sharded GPT-2 (fused Q|K|V c_attn) after ABFT: 'V <max change of the V columns> QK <of Q|K>'."""
+    from tiny_models import tiny_gpt2
+
+    model = tiny_gpt2("sdpa")
+    before = model.transformer.h[0].attn.c_attn.weight.detach().clone()
+    distributed.shard_model(model)
+    cfg = TrainConfig(lr=1e-2, pseudo_batch_size=4, epochs=1, head_filter=False)
+    train(model, fake_prompts(4, k=2), cfg, pad_id=0, label_token_ids=LABEL_TOKENS)
+    change = (distributed.full(model.transformer.h[0].attn.c_attn.weight.detach()) - before).abs()
+    width = before.shape[1] // 3
+    return f"V {float(change[:, 2 * width :].max())} QK {float(change[:, : 2 * width].max()):.3g}"
+
+
 def no_report(path):
     return Path(path) / "report.html"
 
@@ -73,11 +87,15 @@ if __name__ == "__main__":
 
     abft.report.html.write_report = no_report  # figures cost seconds and are tested elsewhere
     model_dir, out = sys.argv[1], Path(sys.argv[2])
+    sharded_models = []  # --fsdp: the run's model, kept to look at its shares afterwards
+    shard_model = distributed.shard_model
+    distributed.shard_model = lambda model: (shard_model(model), sharded_models.append(model))
     status = main(["run", "--model", model_dir, *sys.argv[3:], "--output", str(out / "run")])
     if "--fsdp" in sys.argv:  # the sharded launch checks the run only, and that the model was sharded
-        (model,) = distributed._SHARDED
+        (model,) = sharded_models
         q = model.model.layers[0].self_attn.q_proj.weight
-        (out / f"shard{distributed.rank()}.txt").write_text(f"{type(q).__name__} {list(q.to_local().shape)}")
+        moved = fused_v_change()
+        (out / f"shard{distributed.rank()}.txt").write_text(f"{type(q).__name__} {list(q.to_local().shape)} {moved}")
         sys.exit(status)
     result = {**train_synthetic(), "generation": generate_sharded()}
     try:  # a failure on the main process reaches the other one instead of leaving it waiting

@@ -150,8 +150,11 @@ def test_a_failure_on_the_main_process_stops_the_others_too(two):
 
 
 def test_sharded_run_holds_half_of_every_tensor_per_process(two_sharded):
-    shards = [(two_sharded["out"] / f"shard{r}.txt").read_text() for r in range(2)]
-    assert shards == ["DTensor [16, 32]"] * 2  # q_proj is (32, 32): each process holds 16 rows
+    for r in range(2):
+        kind, rows, cols, _, v_change, _, qk_change = (two_sharded["out"] / f"shard{r}.txt").read_text().split()
+        assert (kind, rows, cols) == ("DTensor", "[16,", "32]")  # q_proj is (32, 32): each process holds 16 rows
+        # a sharded fused Q|K|V projection (GPT-2's c_attn): V untouched, Q and K trained
+        assert float(v_change) == 0.0 and float(qk_change) > 1e-4
 
 
 def test_accelerate_fsdp_config_asks_for_sharding_and_deepspeed_is_refused(monkeypatch):

@@ -1,6 +1,6 @@
 """The fore-test of an unchanged base model, reused across runs: `--reuse-fore-test`.
 
-    key = fore_test_key(cfg, model, test_prompts)
+    key = fore_test_key(cfg, model, sets)   # sets: the run's prompt sets (suites.check_suites)
     before = load(key)      # None on a miss
     store(key, before)      # after computing it
 
@@ -20,8 +20,10 @@ import json
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from .. import distributed
 from ..models.loading import cache_root
 from ..rundir import atomic_write
 
@@ -44,17 +46,36 @@ def _code_fingerprint() -> str:
     return digest.hexdigest()
 
 
+SAMPLE = 4096  # values per tensor in the fingerprint's strided sample
+
+
 @torch.no_grad()
 def _weights_fingerprint(model: torch.nn.Module) -> list:
-    """Name, shape, dtype and the float64 sum and absolute sum of every parameter and buffer."""
+    """Per parameter and buffer: name, shape, dtype, float64 sum and absolute sum (no float64 copy of the
+    tensor), and a strided sample of this process's values."""
     rows = []
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        t = tensor.detach().double()
-        rows.append([name, list(tensor.shape), str(tensor.dtype), float(t.sum()), float(t.abs().sum())])
+        t = tensor.detach()
+        flat = distributed.local(t).reshape(-1)
+        sample = flat[:: max(1, flat.numel() // SAMPLE)].double().tolist()
+        sums = [float(t.sum(dtype=torch.float64)), float(t.abs().sum(dtype=torch.float64))]
+        rows.append([name, list(t.shape), str(t.dtype), *sums, sample])
     return rows
 
 
-def fore_test_key(cfg, model: torch.nn.Module, test_prompts) -> str:
+def _prompts_digest(sets: dict) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(sets):
+        for name in sorted(sets[key]):
+            prompt_set = sets[key][name]
+            digest.update(f"{key}/{name}:{list(prompt_set.builder.label_token_ids)}".encode())
+            for prompt in prompt_set.prompts:
+                digest.update(np.asarray(prompt.input_ids, dtype=np.int64).tobytes())
+                digest.update(np.asarray([*prompt.label_positions, -1, int(prompt.gold)], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def fore_test_key(cfg, model: torch.nn.Module, sets: dict) -> str:
     settings = {
         section: {k: v for k, v in dataclasses.asdict(getattr(cfg, section)).items() if k not in _IGNORED}
         for section in ("model", "data", "eval")
@@ -65,8 +86,8 @@ def fore_test_key(cfg, model: torch.nn.Module, test_prompts) -> str:
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(_code_fingerprint().encode())
     digest.update(json.dumps(_weights_fingerprint(model)).encode())
-    for prompt in test_prompts:
-        digest.update(json.dumps([list(prompt.input_ids), list(prompt.label_positions), int(prompt.gold)]).encode())
+    digest.update(model.config.to_json_string().encode())
+    digest.update(_prompts_digest(sets).encode())
     return digest.hexdigest()[:32]
 
 

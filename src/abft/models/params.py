@@ -2,8 +2,8 @@
 
     slices = find_qk_slices(model)          # one QKSlice per layer and projection ("q" or "k")
     params = mark_trainable(model, slices)  # requires_grad on those tensors only; V slices of fused
-                                            # projections (GPT-2's c_attn) get a zero-gradient mask
-    params.remove_hooks()                   # after training: the masks' gradient hooks
+                                            # projections (GPT-2's c_attn) get a zero-gradient mask:
+    params.mask_gradients()                 # before every optimiser step
     save_delta(model, slices, path); load_delta(model, path)
     tensors = read_qk(path); assign_qk(model, tensors, slices)   # load_delta in two steps
     save_trained(model, run_dir, meta)      # delta.safetensors, or adapter/ when the model carries LoRA
@@ -121,23 +121,30 @@ def _select(tensor: torch.Tensor, s: QKSlice, is_bias: bool) -> torch.Tensor:
 
 
 class TrainableParams(list):
-    """mark_trainable's parameters to optimise, with the gradient hooks of their masks (`remove_hooks`)."""
+    """mark_trainable's parameters to optimise, and the 0/1 masks of those only partly trained (the V part of
+    a fused Q|K|V tensor). `mask_gradients()` applies them to the accumulated gradients before a step: one
+    mechanism for a plain model and an FSDP-sharded one (whose sharded parameters never see tensor hooks)."""
 
-    def __init__(self, params: Iterable[torch.nn.Parameter] = (), hooks: Iterable = ()):
+    def __init__(self, params: Iterable[torch.nn.Parameter] = ()):
         super().__init__(params)
-        self.hooks = list(hooks)
+        self.masks: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
 
-    def remove_hooks(self) -> None:
-        for handle in self.hooks:
-            handle.remove()
-        self.hooks.clear()
+    def add_mask(self, param: torch.nn.Parameter, mask: torch.Tensor) -> None:
+        """`mask`: bool, shaped like the whole `param` (an FSDP share gets its own share of it)."""
+        self.masks.append((param, distributed.like(mask.to(param.dtype), param)))
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        for param, mask in self.masks:
+            if param.grad is not None:
+                distributed.local(param.grad).mul_(distributed.local(mask))
 
 
 def mark_trainable(model: torch.nn.Module, slices: list[QKSlice], train_bias: bool = True) -> TrainableParams:
     """Freeze everything, then train the Q/K slices; returns the parameters to optimise.
 
-    A fused tensor (Q|K|V) gets a gradient hook that zeroes its V part, so Adam leaves V bit-identical;
-    call `remove_hooks()` on the result once training is over.
+    A fused tensor (Q|K|V) gets a mask that zeroes its V part's gradient (`mask_gradients()`, before every
+    step), so Adam leaves V bit-identical.
     A model with LoRA layers on its projections trains their lora_A / lora_B instead (`train_bias` unused).
     """
     model.requires_grad_(False)
@@ -157,8 +164,7 @@ def mark_trainable(model: torch.nn.Module, slices: list[QKSlice], train_bias: bo
         for s, is_bias in owners:
             _select(mask, s, is_bias).fill_(True)
         if not bool(mask.all()):
-            mask = distributed.like(mask, p)
-            out.hooks.append(p.register_hook(lambda g, m=mask: g * m))
+            out.add_mask(p, mask)
     return out
 
 
@@ -178,11 +184,11 @@ def _mark_lora(model: torch.nn.Module, slices: list[QKSlice]) -> TrainableParams
             a.requires_grad_(True)
             b.requires_grad_(True)
             out += [a, b]
-            rows = torch.zeros(b.shape[0], 1, dtype=torch.bool, device=b.device)
+            rows = torch.zeros(b.shape, dtype=torch.bool, device=b.device)
             for s in owned:
                 rows[s.start : s.stop] = True
             if not bool(rows.all()):
-                out.hooks.append(b.register_hook(lambda g, m=rows: g * m))
+                out.add_mask(b, rows)
     return out
 
 

@@ -3,9 +3,10 @@ and unseen-label protocols, one table per dataset.
 
     python benchmarks/protocol_table.py [--datasets sst2 trec] [--test-samples 100] [--runs runs/protocol-table]
 
-Each (dataset, method) is an ordinary `abft run` with paper defaults and every protocol flag; E2E reuses ABFT's
-fore-test through --reuse-fore-test (same base model, same prompts). A finished run directory is reused, so
-re-running continues. Vanilla and calibration are the `before` stage; E2E and ABFT their `after` stage.
+Each (dataset, method) is an ordinary `abft run` with paper defaults and every protocol flag. Vanilla ICL and
+calibration are the ABFT run's `before` stage (the base model on the same prompts), so the E2E run skips its
+own (--no-fore-test); E2E and ABFT are their runs' `after` stage. A finished run directory is reused, so
+re-running continues.
 Writes benchmarks/protocol_table.json (one entry per dataset, others kept) and prints the Markdown tables
 (copied into RESULTS.md).
 """
@@ -24,12 +25,12 @@ FLAGS = ["--test-type", "normal", "template", "demo", "--generalization-test", "
 COLUMNS = ("accuracy", "template consistency", "demo consistency", "in-domain", "out-of-domain", "unseen-label")
 
 
-def run(dataset: str, method: str, test_samples: int, root: Path) -> dict:
+def run(dataset: str, method: str, test_samples: int, root: Path, *extra: str) -> dict:
     out = root / f"{dataset}-{method}"
     status = out / "status.json"
     if not (status.exists() and json.loads(status.read_text()).get("state") == "finished"):
         cmd = [sys.executable, "-m", "abft.cli", "run", "--dataset", dataset, "--method", method]
-        cmd += ["--test-samples", str(test_samples), "--reuse-fore-test", *FLAGS, "--output", str(out)]
+        cmd += ["--test-samples", str(test_samples), *FLAGS, *extra, "--output", str(out)]
         if out.exists():
             cmd.append("--overwrite")
         print(" ".join(cmd[2:]), flush=True)
@@ -79,7 +80,7 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}  # other datasets' tables are kept
     for dataset in args.datasets:
         abft = run(dataset, "abft", args.test_samples, args.runs)
-        e2e = run(dataset, "e2e", args.test_samples, args.runs)
+        e2e = run(dataset, "e2e", args.test_samples, args.runs, "--no-fore-test")
         results[dataset] = {"test_samples": args.test_samples, "rows": table(abft, e2e)}
         print(markdown(dataset, results[dataset]["rows"]), flush=True)
         out.write_text(json.dumps(results, indent=2) + "\n")

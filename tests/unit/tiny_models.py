@@ -74,25 +74,16 @@ def tiny_qwen2(attn_implementation: str = "eager", seed: int = 0, **overrides):
 
 
 def tiny_gemma3(attn_implementation: str = "eager", seed: int = 0, **overrides):
-    fields = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=NUM_HEADS,
-        num_key_value_heads=1,
+    gemma = dict(
+        num_key_value_heads=1,  # multi-query
         head_dim=8,
         query_pre_attn_scalar=16,
         sliding_window=GEMMA_SLIDING_WINDOW,
         layer_types=["sliding_attention", "full_attention"],
-        max_position_embeddings=128,
-        initializer_range=0.2,
-        pad_token_id=0,
         bos_token_id=2,
         eos_token_id=1,
-        tie_word_embeddings=True,
     )
-    fields.update(overrides)
+    fields = _llama_like_fields({**gemma, **overrides})
     return _build(Gemma3ForCausalLM, Gemma3TextConfig(**fields), attn_implementation, seed)
 
 

@@ -2,7 +2,8 @@
 
 Written atomically (temp file + rename) so a kill at any moment leaves either the previous or the new
 checkpoint, never a torn one. The data order is a pure function of the seed (train.schedule), so the
-step number is all that is needed to continue where the run stopped.
+step number is all that is needed to continue where the run stopped. Tensors are whole (an FSDP-sharded
+run gathers them, train._whole), so a run may resume with another number of processes, sharded or not.
 """
 
 from __future__ import annotations

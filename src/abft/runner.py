@@ -230,8 +230,6 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
             atomic_write(out.file("train_log.jsonl"), "".join(json.dumps(r.as_dict()) + "\n" for r in records))
 
         checkpoint = out.file("checkpoint")
-        if distributed.sharded():
-            log("note: a sharded (--fsdp) run keeps no checkpoint; an interrupted one trains again from the start")
         train_model(
             model,
             train_prompts,
@@ -242,7 +240,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
             seed=cfg.seed,
             on_step=on_step,
             on_resume=on_resume,
-            checkpoint_dir=None if distributed.sharded() else checkpoint,
+            checkpoint_dir=checkpoint,
             checkpoint_every=cfg.checkpoint_every,
         )
         timings["train_seconds"] = round(time.perf_counter() - t, 2)

@@ -122,8 +122,8 @@ def train(
     if state is not None:
         with torch.no_grad():
             for p, value in zip(params, state["params"], strict=True):
-                p.copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
+                distributed.local(p).copy_(distributed.local(distributed.like(value.to(p.dtype), p)))
+        optimizer.load_state_dict(_optimizer_shares(state["optimizer"], params))
         controller.load_state_dict(state["controller"])
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():  # dropout on GPU (LoRA) draws from these
@@ -202,18 +202,18 @@ def train(
                     record.extra["train_accuracy"] = total_correct / len(chunk)
                 controller.update(record.heads)
                 records.append(record)
-                if checkpoint_dir and distributed.is_main() and (step % checkpoint_every == 0 or step == len(plan)):
-                    save_checkpoint(
-                        checkpoint_dir,
-                        {
-                            "params": [p.detach().cpu() for p in params],
-                            "optimizer": optimizer.state_dict(),
-                            "controller": controller.state_dict(),
-                            "rng": torch.get_rng_state(),
-                            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                            "records": [dict(r.__dict__) for r in records],
-                        },
-                    )
+                if checkpoint_dir and (step % checkpoint_every == 0 or step == len(plan)):
+                    # whole tensors (FSDP shares gathered by every process), so any process count can resume
+                    state = {
+                        "params": [distributed.full(p.detach()).cpu() for p in params],
+                        "optimizer": _whole(optimizer.state_dict()),
+                        "controller": controller.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                        "records": [dict(r.__dict__) for r in records],
+                    }
+                    if distributed.is_main():
+                        save_checkpoint(checkpoint_dir, state)
                 if on_step:
                     on_step(record)
                 advance(1, loss=record.loss, heads=record.heads, A=controller.penalty)
@@ -241,6 +241,29 @@ def _disable_checkpointing(model) -> None:
         model.activation_checkpointing_disable()
     else:
         model.gradient_checkpointing_disable()
+
+
+def _whole(value):
+    """An optimiser state dict with every FSDP share gathered into a whole CPU tensor (every process calls
+    this, in the same order)."""
+    if isinstance(value, dict):
+        return {key: _whole(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return distributed.full(value).cpu() if isinstance(value, torch.Tensor) else value
+
+
+def _optimizer_shares(state: dict, params) -> dict:
+    """A whole optimiser state dict (_whole's) laid out like `params`: each parameter-shaped tensor becomes
+    this process's FSDP share of it (a no-op without sharding)."""
+    out = {**state, "state": {}}
+    for index, entry in state["state"].items():
+        p = params[int(index)]
+        out["state"][index] = {
+            key: distributed.like(v.to(p.device), p) if isinstance(v, torch.Tensor) and v.shape == p.shape else v
+            for key, v in entry.items()
+        }
+    return out
 
 
 def _masked_backward(loss, named: list[tuple[str, torch.Tensor]], slices, active: torch.Tensor) -> None:

@@ -78,6 +78,36 @@ def fused_v_change() -> str:
     return f"V {float(change[:, 2 * width :].max())} QK {float(change[:, : 2 * width].max()):.3g}"
 
 
+def sharded_resume_difference(checkpoint: Path) -> float:
+    """Sharded training stopped after 2 of 6 steps and resumed from its checkpoint on a fresh sharded model,
+    vs uninterrupted: the largest difference of the trained W_Q/W_K."""
+    prompts = fake_prompts(12, k=3)
+    cfg = TrainConfig(lr=1e-2, pseudo_batch_size=4, micro_batch_size=2, epochs=2, head_filter=False)
+
+    def sharded_model():
+        model = tiny_llama("sdpa")
+        distributed.shard_model(model)
+        return model
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(record):
+        if record.step == 2:
+            raise Stop
+
+    full = sharded_model()
+    train(full, prompts, cfg, 0, LABEL_TOKENS)
+    try:
+        train(sharded_model(), prompts, cfg, 0, LABEL_TOKENS, on_step=stop_after_two, checkpoint_dir=checkpoint)
+    except Stop:
+        pass
+    resumed = sharded_model()
+    train(resumed, prompts, cfg, 0, LABEL_TOKENS, checkpoint_dir=checkpoint)
+    a, b = trained_tensors(full, find_qk_slices(full)), trained_tensors(resumed, find_qk_slices(resumed))
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
 def no_report(path):
     return Path(path) / "report.html"
 
@@ -94,8 +124,9 @@ if __name__ == "__main__":
     if "--fsdp" in sys.argv:  # the sharded launch checks the run only, and that the model was sharded
         (model,) = sharded_models
         q = model.model.layers[0].self_attn.q_proj.weight
-        moved = fused_v_change()
-        (out / f"shard{distributed.rank()}.txt").write_text(f"{type(q).__name__} {list(q.to_local().shape)} {moved}")
+        moved, resumed = fused_v_change(), sharded_resume_difference(out / "checkpoint")
+        shares = f"{type(q).__name__} {list(q.to_local().shape)} {moved} resume {resumed}"
+        (out / f"shard{distributed.rank()}.txt").write_text(shares)
         sys.exit(status)
     result = {**train_synthetic(), "generation": generate_sharded()}
     try:  # a failure on the main process reaches the other one instead of leaving it waiting

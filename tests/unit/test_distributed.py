@@ -151,10 +151,12 @@ def test_a_failure_on_the_main_process_stops_the_others_too(two):
 
 def test_sharded_run_holds_half_of_every_tensor_per_process(two_sharded):
     for r in range(2):
-        kind, rows, cols, _, v_change, _, qk_change = (two_sharded["out"] / f"shard{r}.txt").read_text().split()
+        fields = (two_sharded["out"] / f"shard{r}.txt").read_text().split()
+        kind, rows, cols, _, v_change, _, qk_change, _, resumed = fields
         assert (kind, rows, cols) == ("DTensor", "[16,", "32]")  # q_proj is (32, 32): each process holds 16 rows
         # a sharded fused Q|K|V projection (GPT-2's c_attn): V untouched, Q and K trained
         assert float(v_change) == 0.0 and float(qk_change) > 1e-4
+        assert float(resumed) == 0.0  # stopped after 2 of 6 steps, resumed from the checkpoint: the same tensors
 
 
 def test_accelerate_fsdp_config_asks_for_sharding_and_deepspeed_is_refused(monkeypatch):

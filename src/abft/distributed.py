@@ -95,27 +95,38 @@ def sharded() -> bool:
 def shard_model(model) -> None:
     """FSDP2 over all processes: every decoder layer (transformers' _no_split_modules) and the whole model.
 
-    Call it once, after LoRA adapters are added and before anything reads the weights; the model's forward
-    must then always be called on the whole model (the FSDP root). LoRA's random A matrices are sent from
-    the main process first so every share comes from the same values. On GPUs the shares move to this
-    process's device; the model may be loaded on the CPU.
+    The main process holds the whole model (on its CPU); the others may hold only its architecture on the
+    meta device (models.load_model(device="meta")): every process gets its share of the main process's
+    parameters and a copy of its buffers, so the weights are read from disk once and the LoRA adapters'
+    random initialisation is the main process's. Call it once per model, after LoRA adapters are added and
+    before anything reads the weights; the model's forward must then always be called on the whole model
+    (the FSDP root). On GPUs the shares live on this process's device.
     """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     if world_size() == 1:
         return
     _SHARDED[:] = []  # a new model (not yet sharded): the previous one is done with
-    broadcast_params([p for name, p in model.named_parameters() if "lora_" in name])
-    mesh = init_device_mesh("cuda" if _nccl() else "cpu", (world_size(),))
+    whole = model.state_dict() if is_main() else {}  # references, not copies
     kinds = set(getattr(model, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in kinds]
     if not layers:
         raise UserError(f"--fsdp: {type(model).__name__} names no decoder layer class (_no_split_modules)")
+    mesh = init_device_mesh(_comm_device().type, (world_size(),))
     for module in [*layers, model]:
         fully_shard(module, mesh=mesh)
         module.set_gradient_divide_factor(1.0)  # summed: the loss is already divided by the global batch size
         module.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        model.to_empty(device=_comm_device())
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, whole, options=options)
+    del whole
+    with torch.no_grad():
+        for buffer in model.buffers():  # not in the state dict when non-persistent (rotary frequencies)
+            dist.broadcast(buffer, src=0)
     _SHARDED.append(weakref.ref(model))
 
 

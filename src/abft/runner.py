@@ -127,9 +127,13 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
         )
     fsdp = _fsdp(cfg)
     device, dtype = cfg.model.device, cfg.model.dtype
-    if fsdp:  # the whole model on the CPU first; shard_model moves each process's share to its GPU
+    if fsdp:  # the whole model on the main process's CPU only; shard_model sends every process its share
         device, dtype = "cpu", dtype or ("bf16" if torch.cuda.is_available() else "fp32")
-    model, tokenizer = load_model(cfg.model.model, device, dtype, cfg.model.quantized)
+    if fsdp:  # the others read the configuration once the main process has converted / downloaded the model
+        loaded = distributed.on_main(lambda: load_model(cfg.model.model, device, dtype))
+        model, tokenizer = loaded if loaded is not None else load_model(cfg.model.model, "meta", dtype)
+    else:
+        model, tokenizer = load_model(cfg.model.model, device, dtype, cfg.model.quantized)
     if train and cfg.train.lora_r:  # before anything reads W_Q/W_K (the report's snapshot)
         add_lora(model, cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
     if fsdp:

@@ -119,13 +119,20 @@ if __name__ == "__main__":
     model_dir, out = sys.argv[1], Path(sys.argv[2])
     sharded_models = []  # --fsdp: the run's model, kept to look at its shares afterwards
     shard_model = distributed.shard_model
-    distributed.shard_model = lambda model: (shard_model(model), sharded_models.append(model))
+    loaded_meta = []  # whether the run's model came without weights (all but the main process should)
+
+    def keep(model):
+        loaded_meta.append(any(p.is_meta for p in model.parameters()))
+        shard_model(model)
+        sharded_models.append(model)
+
+    distributed.shard_model = keep
     status = main(["run", "--model", model_dir, *sys.argv[3:], "--output", str(out / "run")])
     if "--fsdp" in sys.argv:  # the sharded launch checks the run only, and that the model was sharded
         (model,) = sharded_models
         q = model.model.layers[0].self_attn.q_proj.weight
         moved, resumed = fused_v_change(), sharded_resume_difference(out / "checkpoint")
-        shares = f"{type(q).__name__} {list(q.to_local().shape)} {moved} resume {resumed}"
+        shares = f"{type(q).__name__} {list(q.to_local().shape)} {moved} resume {resumed} meta {loaded_meta[0]}"
         (out / f"shard{distributed.rank()}.txt").write_text(shares)
         sys.exit(status)
     result = {**train_synthetic(), "generation": generate_sharded()}

@@ -152,7 +152,8 @@ def test_a_failure_on_the_main_process_stops_the_others_too(two):
 def test_sharded_run_holds_half_of_every_tensor_per_process(two_sharded):
     for r in range(2):
         fields = (two_sharded["out"] / f"shard{r}.txt").read_text().split()
-        kind, rows, cols, _, v_change, _, qk_change, _, resumed = fields
+        kind, rows, cols, _, v_change, _, qk_change, _, resumed, _, meta = fields
+        assert meta == str(r != 0)  # only the main process read the weights; the others got their shares
         assert (kind, rows, cols) == ("DTensor", "[16,", "32]")  # q_proj is (32, 32): each process holds 16 rows
         # a sharded fused Q|K|V projection (GPT-2's c_attn): V untouched, Q and K trained
         assert float(v_change) == 0.0 and float(qk_change) > 1e-4

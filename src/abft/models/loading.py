@@ -197,8 +197,10 @@ def load_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str
 
     `quantized`: the base in 4-bit NF4 (bitsandbytes, CUDA only; see quantization_config); it can then only
     be trained through LoRA adapters (models.lora).
+    device "meta": the architecture only, no weight is read (the processes of a sharded run other than the
+    main one: abft.distributed.shard_model sends them their shares of the main process's weights).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     device = device or default_device()
     dtype = dtype or ("fp32" if device == "cpu" else "bf16")
@@ -216,9 +218,14 @@ def load_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str
     local_only = offline or not online  # a directory never asks the hub for anything
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        lm = AutoModelForCausalLM.from_pretrained(
-            source, dtype=DTYPES[dtype], attn_implementation="sdpa", local_files_only=local_only, **extra
-        )
+        if device == "meta":
+            config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+            with torch.device("meta"):
+                lm = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], attn_implementation="sdpa")
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(
+                source, dtype=DTYPES[dtype], attn_implementation="sdpa", local_files_only=local_only, **extra
+            )
     except Exception as exc:  # a broken directory or download: OSError, SafetensorError, ValueError, JSON errors...
         raise UserError(_load_error(model, online, offline, exc)) from exc
     if not quantized:  # a 4-bit model is placed by device_map and cannot be moved

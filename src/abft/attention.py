@@ -55,6 +55,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
+from . import distributed
 from .errors import UserError
 
 __all__ = [
@@ -262,7 +263,7 @@ class capture_last_row:
         self._probs = None
         self._index_cache = {}
         self._module_ids = frozenset(id(module) for module in self.model.modules())
-        self._fsdp_units = _fsdp_units(self.model)
+        self._fsdp_units = _fsdp_units(self.model) if distributed.sharded() else {}  # no walk on the hot path
         _STATE.capture = self
         return self
 

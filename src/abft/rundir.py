@@ -14,6 +14,9 @@ from pathlib import Path
 
 from .errors import UserError
 
+_UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
+os.umask(_UMASK)
+
 
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write `path` whole or not at all; the temporary file's name is unique, so writers of the same path in
@@ -22,9 +25,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # as open() would create it (mkstemp makes it private)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it private)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()

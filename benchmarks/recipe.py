@@ -37,6 +37,7 @@ def validation_pairs(dataset, k: int, n: int, seed: int = 1234):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dataset", default="sst2")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--val", type=int, default=256)
@@ -57,7 +58,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = load_model("smollm2-135m")
+    model, tok = load_model(args.model)
     ds = load_dataset(args.dataset)
     builder = PromptBuilder(tok, ds.info.label_words, default_template(ds.info))
     val = builder.build_pairs(ds, validation_pairs(ds, args.k, args.val))
@@ -79,6 +80,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "model": args.model,
                 "dataset": args.dataset,
                 "cfg": {k: v for k, v in dataclasses.asdict(cfg).items()},
                 "before": round(before["accuracy"], 4),

@@ -11,28 +11,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import time
 
 import torch
 
 from abft.config import TrainConfig
-from abft.data import PromptBuilder, default_template, load_dataset, train_pairs
+from abft.data import PromptBuilder, default_template, load_dataset, train_pairs, validation_pairs
 from abft.evaluation import evaluate_prompts
 from abft.heads import head_statistics
 from abft.models import load_model
 from abft.train import train
-
-
-def validation_pairs(dataset, k: int, n: int, seed: int = 1234):
-    rng = random.Random(seed)
-    pool = dataset.demonstration
-    pairs = []
-    for _ in range(n):
-        q = rng.choice(pool)
-        demos = rng.sample([i for i in pool if i != q], k)
-        pairs.append((demos, q))
-    return pairs
 
 
 def main() -> None:

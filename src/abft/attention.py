@@ -40,6 +40,9 @@ recorded once (calls made while the autograd engine runs a backward are never re
 Reentrant checkpointing runs the forward under ``no_grad`` (the rows would carry no gradient),
 so :class:`capture_last_row` raises a :class:`UserError` for it.
 
+:class:`edit_last_row` uses the same row computation to *change* the last row of chosen heads during a
+forward (inference only): the head's output at the last position becomes ``edited_row @ V`` (abft ceiling).
+
 Attention dropout (training mode, e.g. GPT-2's ``attn_pdrop``) is applied by SDPA to the output
 only; the captured rows are the pre-dropout probabilities.
 """
@@ -61,6 +64,7 @@ from .errors import UserError
 __all__ = [
     "ATTN_IMPLEMENTATION",
     "capture_last_row",
+    "edit_last_row",
     "last_real_index",
     "register_last_row_attention",
     "use_last_row_attention",
@@ -98,6 +102,9 @@ def _last_row_attention_forward(module, query, key, value, attention_mask, **kwa
     capture = getattr(_STATE, "capture", None)
     if capture is not None:
         capture._record(module, query, key, attention_mask, kwargs)
+    editor = getattr(_STATE, "editor", None)
+    if editor is not None:
+        output = (editor._apply(module, query, key, value, attention_mask, kwargs, output[0]), *output[1:])
     return output
 
 
@@ -396,3 +403,49 @@ class capture_last_row:
             if window is not None:
                 allowed = allowed & (kv_positions > index[:, None] - window)
         return _additive(allowed)[:, None, :]
+
+
+class edit_last_row(capture_last_row):
+    """Context manager replacing, during forwards, the last real row of chosen heads' attention.
+
+    ``edit(layer, probs) -> (edited, select)`` gets one layer's (B, H_q, T_kv) fp32 last-row
+    probabilities (computed as :class:`capture_last_row` does, on the current, possibly already edited,
+    hidden states) and returns the edited rows and a (B, H_q) bool of the heads to change. A changed head's
+    output at the last position becomes ``edited @ V``; every other position and head keeps its SDPA
+    output. For analysis under ``torch.no_grad()``; ``last_index`` as for capture_last_row.
+    """
+
+    def __init__(self, model, edit, last_index: torch.Tensor | None = None):
+        super().__init__(model, last_index)
+        self.edit = edit
+
+    def __enter__(self) -> edit_last_row:
+        if getattr(_STATE, "editor", None) is not None:
+            raise RuntimeError("edit_last_row cannot be nested")
+        self._index_cache = {}
+        self._module_ids = frozenset(id(module) for module in self.model.modules())
+        _STATE.editor = self
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if getattr(_STATE, "editor", None) is self:
+            _STATE.editor = None
+
+    def _apply(self, module, query, key, value, attention_mask, kwargs, output: torch.Tensor) -> torch.Tensor:
+        """`output` (B, T, H_q, D) of sdpa_attention_forward with the selected heads' last row edited."""
+        if id(module) not in self._module_ids:
+            return output
+        probs = self._compute(module, query, key, attention_mask, kwargs)
+        layer = getattr(module, "layer_idx", None)
+        rows, select = self.edit(layer if isinstance(layer, int) else None, probs)
+        batch, q_heads = probs.shape[:2]
+        values = value.float()
+        if values.shape[0] != batch:
+            values = values.expand(batch, -1, -1, -1)
+        values = values.repeat_interleave(q_heads // values.shape[1], dim=1)  # query head h reads h // n_rep
+        last = torch.matmul(rows.to(values.dtype)[:, :, None, :], values)[:, :, 0].to(output.dtype)
+        index = self._positions(batch, query.shape[2], query.device)
+        batch_range = torch.arange(batch, device=query.device)
+        output = output.clone()
+        output[batch_range, index] = torch.where(select[..., None], last, output[batch_range, index])
+        return output

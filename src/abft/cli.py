@@ -4,6 +4,7 @@ abft run --model smollm2-135m --dataset sst2        # accuracy before, ABFT trai
 abft evaluate --dataset trec --k 4                  # the StaICC test protocol only
 abft datasets                                       # the bundled datasets
 abft report RUN_DIR | heads | interpolate A B       # analyses: see abft.report.commands
+abft ceiling --dataset sst2                         # what ABFT's target attention would be worth
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .sweep import register as register_sweep  # sweep
 
     register_sweep(sub)
+    from .report.ceiling import register as register_ceiling  # ceiling
+
+    register_ceiling(sub)
     return parser
 
 

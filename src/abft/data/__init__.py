@@ -10,7 +10,7 @@ See abft.data.prompts for the label-token decision ("space" vs "staicc" mode).
 """
 
 from .prompts import Prompt, PromptBuilder
-from .sampling import LCG, demonstration_sets, test_pairs, train_pairs
+from .sampling import LCG, demonstration_sets, test_pairs, train_pairs, validation_pairs
 from .staicc import (
     PAPER_DATASETS,
     Dataset,
@@ -48,4 +48,5 @@ __all__ = [
     "restricted_loads",
     "test_pairs",
     "train_pairs",
+    "validation_pairs",
 ]

@@ -9,6 +9,7 @@ bit-exact with StaICC without importing it (tests/unit/test_data_staicc.py check
     sets = demonstration_sets(dataset, k=4)        # 1024 lists of k row indices (demonstration split)
     pairs = test_pairs(dataset, k=4)               # prompt j: (sets[j], dataset.test[j % 512])
     train = train_pairs(dataset, k=4, n=512, seed=0)  # calibration split only, python random
+    val = validation_pairs(dataset, k=4, n=256)       # demonstration split only: for choosing settings
 """
 
 from __future__ import annotations
@@ -145,3 +146,26 @@ def train_pairs(dataset: Dataset, k: int, n: int, seed: int) -> list[tuple[list[
         picks = rng.sample(range(len(cal) - 1), k)  # positions in cal with the query's slot removed
         out.append(([cal[p + (p >= qpos)] for p in picks], cal[qpos]))
     return out
+
+
+VALIDATION_SEED = 1234
+
+
+def validation_pairs(dataset: Dataset, k: int, n: int, seed: int = VALIDATION_SEED) -> list[tuple[list[int], int]]:
+    """n held-out prompts from the DEMONSTRATION split alone: a random query and k distinct demonstrations
+    from the rest of the split (python `random.Random(seed)`). Training never sees this split and the test
+    split is not touched, so settings can be chosen on these prompts (benchmarks/recipe.py, abft ceiling).
+    """
+    pool = list(dataset.demonstration)
+    if k < 0 or n < 0:
+        raise UserError(f"k and n must be >= 0 (got k={k}, n={n})")
+    if len(pool) < k + 1:
+        raise UserError(
+            f"demonstration split of '{dataset.info.name}' has {len(pool)} rows; k={k} needs at least {k + 1}"
+        )
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        query = rng.choice(pool)
+        pairs.append((rng.sample([i for i in pool if i != query], k), query))
+    return pairs

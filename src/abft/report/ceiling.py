@@ -1,0 +1,213 @@
+"""`abft ceiling`: what ABFT's target attention is worth on a model, measured before training.
+
+ABFT assumes the prediction follows the induction heads' attention on demonstration label tokens. This
+re-scores held-out prompts (abft.data.validation_pairs: the demonstration split only) with the last
+token's attention row edited in the heads ABFT's filter selects (on their own row, in the edited forward)
+or in every head (abft.attention.edit_last_row), and reports accuracy and the recency copy rate per edit.
+If the edits that move attention toward correct labels do not raise accuracy, ABFT cannot either.
+
+Edits of a selected head's row p (I+ / I-: correct / wrong demonstration label tokens), renormalised:
+    knockout  p[I+] = p[I-] = 0        the demonstration labels hidden from the last token
+    drop      p[I-] = 0                the optimum of the wrong-label penalty alone
+    move      p[I-]'s mass onto I+     label mass kept, all of it on correct labels
+    target    p = uniform over I+      the optimum of the reward term (all mass on correct labels)
+    swap      masses of I+ and I- exchanged, the adversary
+With no correct (or, for swap, no wrong) label in a prompt, move and target act as drop and swap as none.
+
+    abft ceiling --dataset sst2 --samples 256                 # the base model
+    abft ceiling --dataset sst2 --delta runs/sst2-abft-X      # after training: what is still left
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..attention import edit_last_row, use_last_row_attention
+from ..batching import collate, length_batches
+from ..errors import UserError
+from ..objectives import ABFTObjective
+from ..progress import progress_bar
+from ..rundir import atomic_write
+
+EDITS = ("none", "knockout", "drop", "move", "target", "swap")
+HEAD_SETS = ("filter", "all")
+
+
+def edit_rows(p: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor, edit: str) -> torch.Tensor:
+    """Edited rows (B, H, T) of last-row probabilities p (B, H, T); correct / wrong: (B, T) bool positions."""
+    correct = correct[:, None, :].to(p.dtype)
+    wrong = wrong[:, None, :].to(p.dtype)
+    n_correct, n_wrong = correct.sum(-1, keepdim=True), wrong.sum(-1, keepdim=True)
+    on_correct, on_wrong = (p * correct).sum(-1, keepdim=True), (p * wrong).sum(-1, keepdim=True)
+    dropped = p * (1 - wrong)
+    if edit == "none":
+        return p
+    if edit == "knockout":
+        q = p * (1 - correct - wrong)
+    elif edit == "drop":
+        q = dropped
+    elif edit == "move":
+        q = torch.where(n_correct > 0, dropped + on_wrong * correct / n_correct.clamp(min=1), dropped)
+    elif edit == "target":
+        q = torch.where(n_correct > 0, correct / n_correct.clamp(min=1), dropped)
+    elif edit == "swap":
+        swapped = p * (1 - correct - wrong) + on_wrong * correct / n_correct.clamp(min=1)
+        swapped = swapped + on_correct * wrong / n_wrong.clamp(min=1)
+        q = torch.where((n_correct > 0) & (n_wrong > 0), swapped, p)
+    else:
+        raise ValueError(f"unknown edit {edit!r}; expected one of {EDITS}")
+    return q / q.sum(-1, keepdim=True).clamp(min=torch.finfo(p.dtype).tiny)
+
+
+def label_position_masks(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) bool masks of the correct and the wrong demonstration label tokens of a Batch."""
+    positions = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device)
+    valid = batch.demo_labels >= 0
+    at = (positions[None, None, :] == batch.label_positions[:, :, None]) & valid[..., None]  # (B, k, T)
+    good = (batch.demo_labels == batch.gold[:, None])[..., None]
+    return (at & good).any(1), (at & ~good).any(1)
+
+
+@torch.no_grad()
+def edited_scores(
+    model,
+    prompts: Sequence,
+    pad_id: int,
+    label_token_ids: Sequence[int],
+    edit: str,
+    heads: str = "filter",
+    objective: ABFTObjective | None = None,
+    batch_size: int = 16,
+) -> tuple[np.ndarray, float]:
+    """Label distributions (N, C) of `prompts` scored with `edit` on `heads` ("filter": the heads passing
+    ABFT's threshold on their row; "all"), and the mean number of edited heads per prompt."""
+    if heads not in HEAD_SETS:
+        raise ValueError(f"heads must be one of {HEAD_SETS}, got {heads!r}")
+    objective = objective or ABFTObjective()
+    use_last_row_attention(model)
+    device = next(model.parameters()).device
+    labels = torch.tensor(list(label_token_ids), device=device)
+    out = np.zeros((len(prompts), len(labels)))
+    edited = 0
+    with progress_bar(f"ceiling {edit} ({heads})", total=len(prompts)) as advance:
+        for idx in length_batches(prompts, batch_size):
+            batch = collate([prompts[i] for i in idx], pad_id).to(device)
+            correct, wrong = label_position_masks(batch)
+            threshold = objective.threshold((batch.demo_labels >= 0).sum(-1), batch.lengths)[:, None]
+
+            def edit_layer(layer, p, correct=correct, wrong=wrong, threshold=threshold):
+                nonlocal edited
+                select = (p * (correct | wrong)[:, None, :]).sum(-1) > threshold
+                if heads == "all":
+                    select = torch.ones_like(select)
+                edited += int(select.sum())
+                return edit_rows(p, correct, wrong, edit), select
+
+            with edit_last_row(model, edit_layer):
+                logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1, labels]
+            out[idx] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+            advance(len(idx))
+    return out, edited / max(len(prompts), 1)
+
+
+def attention_ceiling(
+    cfg,
+    samples: int = 256,
+    edits: Sequence[str] = EDITS,
+    head_sets: Sequence[str] = HEAD_SETS,
+    delta: str | Path | None = None,
+    output: str | Path | None = None,
+    batch_size: int = 16,
+    log=print,
+) -> dict:
+    """`abft ceiling`: every (head set, edit) on `samples` validation prompts; writes ceiling.json."""
+    from ..data import validation_pairs
+    from ..evaluation.protocols import prompt_metrics
+    from ..models.params import check_trained, load_delta
+    from .commands import load_setup, output_dir
+
+    if samples < 1 or batch_size < 1:
+        raise UserError(f"--samples and --batch-size must be at least 1, got {samples} and {batch_size}")
+    out = (
+        Path(output)
+        if output
+        else Path("runs") / f"ceiling-{Path(cfg.data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    if (out / "ceiling.json").exists():
+        raise UserError(f"{out} already holds a ceiling.json; pick another --output")
+    if delta is not None:
+        check_trained(delta)
+    model, tokenizer, builder, dataset = load_setup(cfg)
+    if delta is not None:
+        load_delta(model, delta)
+    prompts = builder.build_pairs(dataset, validation_pairs(dataset, cfg.data.k, samples))
+    objective = ABFTObjective.from_config(cfg.train, len(builder.prefix_ids))
+    num_classes = len(dataset.info.label_words)
+    log(f"{len(prompts)} validation prompts of {dataset.info.name} (demonstration split), k={cfg.data.k}")
+    rows = []
+    for heads in head_sets:
+        for edit in edits:
+            if edit == "none" and rows and rows[0]["edit"] == "none":
+                continue  # the unedited model is the same for every head set
+            probs, count = edited_scores(
+                model, prompts, tokenizer.pad_token_id, builder.label_token_ids, edit, heads, objective, batch_size
+            )
+            metrics = prompt_metrics(probs, prompts, num_classes)
+            row = {"edit": edit, "heads": "-" if edit == "none" else heads, "edited_heads_per_prompt": round(count, 2)}
+            row.update({key: metrics[key] for key in ("accuracy", "macro_f1", "copies_last_label")})
+            rows.append(row)
+            log(
+                f"{row['edit']:<9}{row['heads']:<8}accuracy {row['accuracy']:.4f}  copies last label "
+                f"{row['copies_last_label']:.3f}  ({row['edited_heads_per_prompt']:.1f} heads edited per prompt)"
+            )
+    result = {
+        "model": cfg.model.model,
+        "dataset": dataset.info.name,
+        "k": cfg.data.k,
+        "delta": str(delta) if delta is not None else None,
+        "prompts": len(prompts),
+        "rows": rows,
+    }
+    output_dir(out)
+    atomic_write(out / "ceiling.json", json.dumps(result, indent=2) + "\n")
+    log(f"wrote {out / 'ceiling.json'}")
+    return result
+
+
+def register(sub) -> None:
+    """Add `abft ceiling` to abft.cli's subparsers."""
+    from ..cli import _add_fields
+    from ..config import DataConfig, ModelConfig, RunConfig
+
+    parser = sub.add_parser(
+        "ceiling",
+        help="accuracy with the last token's attention edited toward ABFT's target: what ABFT could buy",
+        description="Score validation prompts (demonstration split) with the last token's attention on "
+        "demonstration labels edited in ABFT's induction heads or in every head.",
+    )
+    _add_fields(parser, ModelConfig, "model.")
+    _add_fields(parser, DataConfig, "data.", skip={"train_samples", "test_samples"})
+    _add_fields(parser, RunConfig, "", skip={"save", "output", "seed", "checkpoint_every"})
+    group = parser.add_argument_group("ceiling")
+    group.add_argument("--samples", type=int, default=256, help="validation prompts (default: 256)")
+    group.add_argument("--edits", nargs="+", choices=EDITS, default=list(EDITS), help="edits to score (default: all)")
+    group.add_argument(
+        "--heads", nargs="+", choices=HEAD_SETS, default=list(HEAD_SETS), help="head sets to edit (default: both)"
+    )
+    group.add_argument("--delta", metavar="RUN_DIR", help="apply a run's trained W_Q/W_K (or adapter) first")
+    group.add_argument("--batch-size", type=int, default=16, help="prompts per forward (default: 16)")
+    group.add_argument("--output", default=None, help="output directory (default: runs/ceiling-<dataset>-<time>)")
+    parser.set_defaults(func=cmd_ceiling)
+
+
+def cmd_ceiling(args) -> int:
+    from ..cli import _config
+
+    attention_ceiling(_config(args), args.samples, args.edits, args.heads, args.delta, args.output, args.batch_size)
+    return 0

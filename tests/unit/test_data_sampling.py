@@ -60,6 +60,16 @@ def test_train_pairs_k_too_large():
     assert all(len(d) == 9 for d, _ in D.train_pairs(_toy(), k=9, n=3, seed=0))
 
 
+def test_validation_pairs_use_the_demonstration_split_only():
+    ds = _toy()
+    pairs = D.validation_pairs(ds, k=3, n=40)
+    for demos, q in pairs:
+        assert len(set(demos)) == 3 and q not in demos and set(demos) | {q} <= set(ds.demonstration)
+    assert D.validation_pairs(ds, 3, 40) == pairs and D.validation_pairs(ds, 3, 40, seed=5) != pairs
+    with pytest.raises(UserError, match="needs at least 21"):
+        D.validation_pairs(ds, k=20, n=1)
+
+
 def test_test_pairs_order():
     ds = _toy()
     pairs = D.test_pairs(ds, k=2, n=25)

@@ -253,7 +253,7 @@ class capture_last_row:
         self._seen: set[int] = set()
         self._module_ids: frozenset[int] = frozenset()
         self._probs: torch.Tensor | None = None
-        self._index_cache: dict[torch.device, torch.Tensor] = {}
+        self._index_cache: dict[tuple[torch.device, int], torch.Tensor] = {}
 
     # -- context manager -------------------------------------------------------------------------
     def __enter__(self) -> capture_last_row:
@@ -341,7 +341,7 @@ class capture_last_row:
         self._probs = None
 
     def _positions(self, batch: int, q_length: int, device: torch.device) -> torch.Tensor:
-        cached = self._index_cache.get(device)
+        cached = self._index_cache.get((device, q_length))
         if cached is not None and cached.shape[0] == batch:
             return cached
         if self.last_index is None:
@@ -352,7 +352,7 @@ class capture_last_row:
                 raise ValueError(f"last_index has {index.shape[0]} entries for a batch of {batch}")
             if bool((index < 0).any()) or bool((index >= q_length).any()):
                 raise ValueError(f"last_index values must lie in [0, {q_length - 1}]")
-        self._index_cache[device] = index
+        self._index_cache[(device, q_length)] = index
         return index
 
     def _compute(self, module, query, key, attention_mask, kwargs) -> torch.Tensor:
@@ -405,24 +405,28 @@ class capture_last_row:
         return _additive(allowed)[:, None, :]
 
 
-class edit_last_row(capture_last_row):
+class edit_last_row:
     """Context manager replacing, during forwards, the last real row of chosen heads' attention.
 
-    ``edit(layer, probs) -> (edited, select)`` gets one layer's (B, H_q, T_kv) fp32 last-row
+    ``edit(layer, probs, visible) -> (edited, select)`` gets one layer's (B, H_q, T_kv) fp32 last-row
     probabilities (computed as :class:`capture_last_row` does, on the current, possibly already edited,
-    hidden states) and returns the edited rows and a (B, H_q) bool of the heads to change. A changed head's
+    hidden states) and the (B, T_kv) bool keys the row may see (padding, causality, sliding window); it
+    returns the edited rows (B, H_q, T_kv) and a (B, H_q) bool of the heads to change. A changed head's
     output at the last position becomes ``edited @ V``; every other position and head keeps its SDPA
-    output. For analysis under ``torch.no_grad()``; ``last_index`` as for capture_last_row.
+    output. Inference only (under ``torch.no_grad()``); ``last_index`` as for capture_last_row.
     """
 
     def __init__(self, model, edit, last_index: torch.Tensor | None = None):
-        super().__init__(model, last_index)
+        self.model = model
         self.edit = edit
+        self._rows = capture_last_row(model, last_index)  # its row computation, not its recording
+        self._module_ids: frozenset[int] = frozenset()
 
     def __enter__(self) -> edit_last_row:
+        if torch.is_grad_enabled():
+            raise RuntimeError("edit_last_row is for inference: run the forward under torch.no_grad()")
         if getattr(_STATE, "editor", None) is not None:
             raise RuntimeError("edit_last_row cannot be nested")
-        self._index_cache = {}
         self._module_ids = frozenset(id(module) for module in self.model.modules())
         _STATE.editor = self
         return self
@@ -433,19 +437,28 @@ class edit_last_row(capture_last_row):
 
     def _apply(self, module, query, key, value, attention_mask, kwargs, output: torch.Tensor) -> torch.Tensor:
         """`output` (B, T, H_q, D) of sdpa_attention_forward with the selected heads' last row edited."""
-        if id(module) not in self._module_ids:
+        if id(module) not in self._module_ids or torch.is_grad_enabled():
             return output
-        probs = self._compute(module, query, key, attention_mask, kwargs)
+        rows = self._rows
+        probs = rows._compute(module, query, key, attention_mask, kwargs)
+        batch, q_heads, kv_length = probs.shape
+        index = rows._positions(batch, query.shape[2], query.device)
+        batch_range = torch.arange(batch, device=query.device)
+        bias = rows._mask_row(module, attention_mask, index, batch_range, query.shape[2], kv_length, kwargs)
+        visible = (bias > torch.finfo(torch.float32).min / 2).any(1)  # (B, T_kv)
         layer = getattr(module, "layer_idx", None)
-        rows, select = self.edit(layer if isinstance(layer, int) else None, probs)
-        batch, q_heads = probs.shape[:2]
+        edited, select = self.edit(layer if isinstance(layer, int) else None, probs, visible)
+        if edited.shape != probs.shape or select.shape != (batch, q_heads):
+            raise ValueError(
+                f"the edit returned rows {tuple(edited.shape)} and a selection {tuple(select.shape)}; expected "
+                f"{tuple(probs.shape)} and {(batch, q_heads)}"
+            )
         values = value.float()
         if values.shape[0] != batch:
             values = values.expand(batch, -1, -1, -1)
-        values = values.repeat_interleave(q_heads // values.shape[1], dim=1)  # query head h reads h // n_rep
-        last = torch.matmul(rows.to(values.dtype)[:, :, None, :], values)[:, :, 0].to(output.dtype)
-        index = self._positions(batch, query.shape[2], query.device)
-        batch_range = torch.arange(batch, device=query.device)
+        kv_heads = values.shape[1]  # query head h reads key/value head h // n_rep, as repeat_kv
+        grouped = edited.reshape(batch, kv_heads, q_heads // kv_heads, kv_length)
+        last = torch.matmul(grouped, values).reshape(batch, q_heads, -1).to(output.dtype)  # (B, H_q, D)
         output = output.clone()
         output[batch_range, index] = torch.where(select[..., None], last, output[batch_range, index])
         return output

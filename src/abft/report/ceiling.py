@@ -12,7 +12,9 @@ Edits of a selected head's row p (I+ / I-: correct / wrong demonstration label t
     move      p[I-]'s mass onto I+     label mass kept, all of it on correct labels
     target    p = uniform over I+      the optimum of the reward term (all mass on correct labels)
     swap      masses of I+ and I- exchanged, the adversary
-With no correct (or, for swap, no wrong) label in a prompt, move and target act as drop and swap as none.
+move and swap spread a moved mass uniformly over the receiving label tokens. Only tokens the head can see
+(padding, causality, a sliding window) take part. With no correct (or, for swap, no wrong) label in view,
+move and target act as drop and swap as none.
 
     abft ceiling --dataset sst2 --samples 256                 # the base model
     abft ceiling --dataset sst2 --delta runs/sst2-abft-X      # after training: what is still left
@@ -20,6 +22,7 @@ With no correct (or, for swap, no wrong) label in a prompt, move and target act 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -86,7 +89,8 @@ def edited_scores(
     batch_size: int = 16,
 ) -> tuple[np.ndarray, float]:
     """Label distributions (N, C) of `prompts` scored with `edit` on `heads` ("filter": the heads passing
-    ABFT's threshold on their row; "all"), and the mean number of edited heads per prompt."""
+    ABFT's filter on their own row, as training decides; "all"), and the mean number of edited heads per
+    prompt. Edit "none" is the plain model (no head edited)."""
     if heads not in HEAD_SETS:
         raise ValueError(f"heads must be one of {HEAD_SETS}, got {heads!r}")
     objective = objective or ABFTObjective()
@@ -99,18 +103,25 @@ def edited_scores(
         for idx in length_batches(prompts, batch_size):
             batch = collate([prompts[i] for i in idx], pad_id).to(device)
             correct, wrong = label_position_masks(batch)
-            threshold = objective.threshold((batch.demo_labels >= 0).sum(-1), batch.lengths)[:, None]
+            valid = batch.demo_labels >= 0
+            positions = batch.label_positions.clamp(min=0)
 
-            def edit_layer(layer, p, correct=correct, wrong=wrong, threshold=threshold):
+            def edit_layer(layer, p, visible, batch=batch, correct=correct, wrong=wrong, valid=valid, pos=positions):
                 nonlocal edited
-                select = (p * (correct | wrong)[:, None, :]).sum(-1) > threshold
                 if heads == "all":
-                    select = torch.ones_like(select)
+                    select = torch.ones(p.shape[:2], dtype=torch.bool, device=p.device)
+                else:  # the training filter on this row: (B, 1, H, k) label attention -> (B, H)
+                    label_probs = objective.label_attention(p[:, None], pos)
+                    select = objective.induction_heads(label_probs, valid, batch.lengths)[:, 0]
                 edited += int(select.sum())
-                return edit_rows(p, correct, wrong, edit), select
+                return edit_rows(p, correct & visible, wrong & visible, edit), select
 
-            with edit_last_row(model, edit_layer):
-                logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1, labels]
+            inputs = {**batch.model_inputs(), "logits_to_keep": 1, "use_cache": False}
+            if edit == "none":
+                logits = model(**inputs).logits[:, -1, labels]
+            else:
+                with edit_last_row(model, edit_layer):
+                    logits = model(**inputs).logits[:, -1, labels]
             out[idx] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
             advance(len(idx))
     return out, edited / max(len(prompts), 1)
@@ -130,19 +141,24 @@ def attention_ceiling(
     from ..data import validation_pairs
     from ..evaluation.protocols import prompt_metrics
     from ..models.params import check_trained, load_delta
-    from .commands import load_setup, output_dir
+    from .commands import load_setup, output_dir, read_config
 
-    if samples < 1 or batch_size < 1:
-        raise UserError(f"--samples and --batch-size must be at least 1, got {samples} and {batch_size}")
+    if delta is not None:  # the run's own model, dataset, k, label-token mode and filter settings
+        check_trained(delta)
+        run_cfg = read_config(delta)
+        cfg.model, cfg.data, cfg.train = run_cfg.model, run_cfg.data, run_cfg.train
+    for flag, value in (("--samples", samples), ("--batch-size", batch_size), ("--k", cfg.data.k)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
     out = (
         Path(output)
         if output
         else Path("runs") / f"ceiling-{Path(cfg.data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out} is a file; give a directory")
     if (out / "ceiling.json").exists():
         raise UserError(f"{out} already holds a ceiling.json; pick another --output")
-    if delta is not None:
-        check_trained(delta)
     model, tokenizer, builder, dataset = load_setup(cfg)
     if delta is not None:
         load_delta(model, delta)
@@ -150,22 +166,29 @@ def attention_ceiling(
     objective = ABFTObjective.from_config(cfg.train, len(builder.prefix_ids))
     num_classes = len(dataset.info.label_words)
     log(f"{len(prompts)} validation prompts of {dataset.info.name} (demonstration split), k={cfg.data.k}")
+    edits, head_sets = list(dict.fromkeys(edits)), list(dict.fromkeys(head_sets))
+    plan = [("none", "-")] if "none" in edits else []  # the unedited model, once
+    plan += [(edit, heads) for heads in head_sets for edit in edits if edit != "none"]
     rows = []
-    for heads in head_sets:
-        for edit in edits:
-            if edit == "none" and rows and rows[0]["edit"] == "none":
-                continue  # the unedited model is the same for every head set
-            probs, count = edited_scores(
-                model, prompts, tokenizer.pad_token_id, builder.label_token_ids, edit, heads, objective, batch_size
-            )
-            metrics = prompt_metrics(probs, prompts, num_classes)
-            row = {"edit": edit, "heads": "-" if edit == "none" else heads, "edited_heads_per_prompt": round(count, 2)}
-            row.update({key: metrics[key] for key in ("accuracy", "macro_f1", "copies_last_label")})
-            rows.append(row)
-            log(
-                f"{row['edit']:<9}{row['heads']:<8}accuracy {row['accuracy']:.4f}  copies last label "
-                f"{row['copies_last_label']:.3f}  ({row['edited_heads_per_prompt']:.1f} heads edited per prompt)"
-            )
+    for edit, heads in plan:
+        probs, count = edited_scores(
+            model,
+            prompts,
+            tokenizer.pad_token_id,
+            builder.label_token_ids,
+            edit,
+            "filter" if heads == "-" else heads,
+            objective,
+            batch_size,
+        )
+        metrics = prompt_metrics(probs, prompts, num_classes)
+        row = {"edit": edit, "heads": heads, "edited_heads_per_prompt": round(count, 2)}
+        row.update({key: metrics[key] for key in ("accuracy", "macro_f1", "copies_last_label")})
+        rows.append(row)
+        log(
+            f"{edit:<9}{heads:<8}accuracy {row['accuracy']:.4f}  copies last label "
+            f"{row['copies_last_label']:.3f}  ({count:.1f} heads edited per prompt)"
+        )
     result = {
         "model": cfg.model.model,
         "dataset": dataset.info.name,
@@ -183,7 +206,7 @@ def attention_ceiling(
 def register(sub) -> None:
     """Add `abft ceiling` to abft.cli's subparsers."""
     from ..cli import _add_fields
-    from ..config import DataConfig, ModelConfig, RunConfig
+    from ..config import DataConfig, ModelConfig, TrainConfig
 
     parser = sub.add_parser(
         "ceiling",
@@ -193,14 +216,20 @@ def register(sub) -> None:
     )
     _add_fields(parser, ModelConfig, "model.")
     _add_fields(parser, DataConfig, "data.", skip={"train_samples", "test_samples"})
-    _add_fields(parser, RunConfig, "", skip={"save", "output", "seed", "checkpoint_every"})
+    kept = {"head_filter", "log_base", "count_bos"}  # the filter that selects the heads to edit
+    _add_fields(parser, TrainConfig, "train.", skip={f.name for f in dataclasses.fields(TrainConfig)} - kept)
     group = parser.add_argument_group("ceiling")
     group.add_argument("--samples", type=int, default=256, help="validation prompts (default: 256)")
     group.add_argument("--edits", nargs="+", choices=EDITS, default=list(EDITS), help="edits to score (default: all)")
     group.add_argument(
         "--heads", nargs="+", choices=HEAD_SETS, default=list(HEAD_SETS), help="head sets to edit (default: both)"
     )
-    group.add_argument("--delta", metavar="RUN_DIR", help="apply a run's trained W_Q/W_K (or adapter) first")
+    group.add_argument(
+        "--delta",
+        metavar="RUN_DIR",
+        help="apply a run's trained W_Q/W_K (or adapter) first; the run's model, dataset, k, label-token mode "
+        "and filter settings replace those flags",
+    )
     group.add_argument("--batch-size", type=int, default=16, help="prompts per forward (default: 16)")
     group.add_argument("--output", default=None, help="output directory (default: runs/ceiling-<dataset>-<time>)")
     parser.set_defaults(func=cmd_ceiling)

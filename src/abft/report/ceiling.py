@@ -214,7 +214,7 @@ def register(sub) -> None:
         description="Score validation prompts (demonstration split) with the last token's attention on "
         "demonstration labels edited in ABFT's induction heads or in every head.",
     )
-    _add_fields(parser, ModelConfig, "model.")
+    _add_fields(parser, ModelConfig, "model.", skip={"fsdp"})  # one process, one whole model
     _add_fields(parser, DataConfig, "data.", skip={"train_samples", "test_samples"})
     kept = {"head_filter", "log_base", "count_bos"}  # the filter that selects the heads to edit
     _add_fields(parser, TrainConfig, "train.", skip={f.name for f in dataclasses.fields(TrainConfig)} - kept)

@@ -53,14 +53,14 @@ def read_config(run: str | Path) -> RunConfig:
         raise UserError(f"cannot read {Path(run) / 'config.json'}: {exc}") from exc
 
 
-def load_setup(cfg: RunConfig, quantized: bool = False):
-    """(model, tokenizer, builder, dataset) of a configuration, as `abft run` builds them: the base model and
-    cfg's dataset with its PromptBuilder (default template, cfg's label-token mode)."""
+def load_setup(cfg: RunConfig):
+    """(model, tokenizer, builder, dataset) of a configuration, as `abft run` builds them: the base model (4-bit
+    with --quantized) and cfg's dataset with its PromptBuilder (default template, cfg's label-token mode)."""
     from ..data import PromptBuilder, default_template, load_any
     from ..models import load_model
 
     dataset = load_any(cfg.data.dataset)
-    model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype, quantized)
+    model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype, cfg.model.quantized)
     info = dataset.info
     builder = PromptBuilder(tokenizer, info.label_words, default_template(info), cfg.data.label_token_mode)
     return model, tokenizer, builder, dataset
@@ -260,7 +260,7 @@ def register(sub) -> None:
         description="Per (layer, head): label-attention magnitude and correctness on calibration prompts "
         "(ABFT's filter and the circuit threshold), and the induction score on repeated random tokens.",
     )
-    _add_fields(heads, ModelConfig, "model.")
+    _add_fields(heads, ModelConfig, "model.", skip={"fsdp"})  # one process, one whole model
     _add_fields(heads, DataConfig, "data.", skip={"train_samples", "test_samples"})
     _add_fields(heads, RunConfig, "", skip={"save", "output"})
     group = heads.add_argument_group("heads")

@@ -127,14 +127,7 @@ def train_pairs(dataset: Dataset, k: int, n: int, seed: int) -> list[tuple[list[
     used once); each query gets k distinct demonstrations from the rest of the split (python
     `random.Random(seed)`, so the same seed gives the same prompts).
     """
-    cal = list(dataset.calibration)
-    if k < 0 or n < 0:
-        raise UserError(f"k and n must be >= 0 (got k={k}, n={n})")
-    if len(cal) < k + 1:
-        raise UserError(
-            f"calibration split of '{dataset.info.name}' has {len(cal)} rows; k={k} needs at least {k + 1}"
-            "; lower k or use a larger dataset"
-        )
+    cal = _query_pool(dataset, "calibration", k, n)
     rng = random.Random(seed)
     out: list[tuple[list[int], int]] = []
     order: list[int] = []
@@ -156,16 +149,23 @@ def validation_pairs(dataset: Dataset, k: int, n: int, seed: int = VALIDATION_SE
     from the rest of the split (python `random.Random(seed)`). Training never sees this split and the test
     split is not touched, so settings can be chosen on these prompts (benchmarks/recipe.py, abft ceiling).
     """
-    pool = list(dataset.demonstration)
-    if k < 0 or n < 0:
-        raise UserError(f"k and n must be >= 0 (got k={k}, n={n})")
-    if len(pool) < k + 1:
-        raise UserError(
-            f"demonstration split of '{dataset.info.name}' has {len(pool)} rows; k={k} needs at least {k + 1}"
-        )
+    pool = _query_pool(dataset, "demonstration", k, n)
     rng = random.Random(seed)
     pairs = []
     for _ in range(n):
         query = rng.choice(pool)
         pairs.append((rng.sample([i for i in pool if i != query], k), query))
     return pairs
+
+
+def _query_pool(dataset: Dataset, split: str, k: int, n: int) -> list[int]:
+    """The rows of `split`, checked to hold a query plus k other demonstrations."""
+    rows = list(getattr(dataset, split))
+    if k < 0 or n < 0:
+        raise UserError(f"k and n must be >= 0 (got k={k}, n={n})")
+    if len(rows) < k + 1:
+        raise UserError(
+            f"{split} split of '{dataset.info.name}' has {len(rows)} rows; k={k} needs at least {k + 1}"
+            "; lower k or use a larger dataset"
+        )
+    return rows

@@ -25,8 +25,19 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-def workload(*args: str) -> dict:
-    out = subprocess.run([sys.executable, str(HERE / "workloads.py"), *args], capture_output=True, text=True)
+# glibc keeps freed heap memory for reuse, so a warm-up (or one larger micro-batch) would hide a later peak from
+# RSS. Memory workloads therefore run with every allocation above 64 KiB mmapped and unmapped on free: RSS then
+# follows the live tensors, for the reference and for ours alike (slower, so speed is measured separately).
+LIVE_RSS = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def workload(*args: str, env: dict | None = None) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(HERE / "workloads.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     if out.returncode != 0:
         raise SystemExit(f"workload {args} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -78,9 +89,11 @@ def main() -> None:
         (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         print(f"abft run: {minutes:.1f} minutes (fore-test reused: {reused}); wrote {HERE / 'results.json'}")
         return
-    n4, n16, n_eval = ("8", "4", "64") if args.quick else ("24", "8", "256")
+    n4, n16, n_eval = ("8", "4", "64") if args.quick else ("24", "6", "256")
     rows = []
-    results: dict = {
+    old = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
+    results: dict = {  # --skip-protocol keeps the last measured `abft run` figures
+        **{key: value for key, value in old.items() if key.startswith("abft_run")},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor()}",
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -102,8 +115,11 @@ def main() -> None:
     )
     k16 = ("--k", "16", "--dataset", "agnews", "--examples", n16)
     ours16 = workload("train", "--impl", "ours", *k16, "--micro", "4")
-    ours16_one = workload("train", "--impl", "ours", *k16, "--micro", "1")  # one example per forward, as the reference
     ref16 = workload("train", "--impl", "reference", *k16)
+    memory = ("--k", "16", "--dataset", "agnews", "--examples", "2")  # the peak is per example
+    ours16_one = workload("train", "--impl", "ours", *memory, "--micro", "1", env=LIVE_RSS)  # as the reference
+    ours16_two = workload("train", "--impl", "ours", *memory, "--micro", "2", env=LIVE_RSS)
+    ref16_mem = workload("train", "--impl", "reference", *memory, env=LIVE_RSS)
     record(
         "train_speedup_k16",
         "train k=16 AG News examples/s",
@@ -116,18 +132,18 @@ def main() -> None:
     record(
         "train_memory_ratio_k16",
         "train k=16 activation MB, 1 example/forward",
-        ref16[mb],
+        ref16_mem[mb],
         ours16_one[mb],
-        ours16_one[mb] / ref16[mb],
+        ours16_one[mb] / ref16_mem[mb],
         "<= 0.5",
     )
     record(
-        "train_memory_ratio_k16_micro4",
-        "train k=16 activation MB, ours 4/forward",
-        ref16[mb],
-        ours16[mb],
-        ours16[mb] / ref16[mb],
-        "(the speed setting)",
+        "train_memory_ratio_k16_micro2",
+        "train k=16 activation MB, ours 2/forward",
+        ref16_mem[mb],
+        ours16_two[mb],
+        ours16_two[mb] / ref16_mem[mb],
+        "(for comparison)",
     )
 
     staicc = workload("eval", "--impl", "staicc", "--prompts", n_eval)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from fake_prompts import fake_prompts
-from test_attention import BUILDERS, MODELS, _batch
+from test_attention import BUILDERS, MODELS, _batch, _one_thread  # noqa: F401  (_one_thread: autouse fixture)
 from tiny_models import tiny_llama, tiny_qwen2
 
 from abft.attention import edit_last_row, last_real_index, use_last_row_attention
@@ -20,14 +20,6 @@ from abft.objectives import ABFTObjective
 from abft.report.ceiling import edit_rows, edited_scores, label_position_masks
 
 TOL = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _heads_edit(rows_of, heads=None):

@@ -69,6 +69,11 @@ def protocol_minutes() -> tuple[float, bool, dict]:
         return minutes, "before_reused" in timings, timings
 
 
+def previous_results() -> dict:
+    path = HERE / "results.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer examples (noisier)")
@@ -79,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.protocol_only:
         minutes, reused, timings = protocol_minutes()
-        results = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
+        results = previous_results()
         results.update(
             abft_run_minutes=minutes,
             abft_run_fore_test_reused=reused,
@@ -91,9 +96,8 @@ def main() -> None:
         return
     n4, n16, n_eval = ("8", "4", "64") if args.quick else ("24", "6", "256")
     rows = []
-    old = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
     results: dict = {  # --skip-protocol keeps the last measured `abft run` figures
-        **{key: value for key, value in old.items() if key.startswith("abft_run")},
+        **{key: value for key, value in previous_results().items() if key.startswith("abft_run")},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor()}",
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -165,7 +169,10 @@ def main() -> None:
         record(f"{what}_peak_fraction", f"{what} GFLOP/s vs matmul peak", peak, got, got / peak, ">= 0.5")
 
     e2e = workload("train", "--impl", "ours", "--method", "e2e", "--k", "4", "--examples", n4)
-    results["e2e_over_abft_memory"] = e2e[mb] / max(ours4[mb], 1e-9)
+    k4_memory = ("--k", "4", "--examples", "8", "--micro", "8")  # one micro-batch of 8, live RSS
+    abft_mem = workload("train", "--impl", "ours", *k4_memory, env=LIVE_RSS)
+    e2e_mem = workload("train", "--impl", "ours", "--method", "e2e", *k4_memory, env=LIVE_RSS)
+    results["e2e_over_abft_memory"] = e2e_mem[mb] / max(abft_mem[mb], 1e-9)
     record(
         "e2e_over_abft_time",
         "E2E / ABFT time per example",

@@ -356,6 +356,12 @@ class capture_last_row:
         return index
 
     def _compute(self, module, query, key, attention_mask, kwargs) -> torch.Tensor:
+        """(B, H_q, T_kv) fp32 probabilities of the last real query row."""
+        scores, bias = self._logits(module, query, key, attention_mask, kwargs)
+        return torch.softmax(scores + bias, dim=-1)
+
+    def _logits(self, module, query, key, attention_mask, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last row's scaled scores (B, H_q, T_kv) and its additive mask bias (B, 1 or H_q, T_kv)."""
         batch, q_heads, q_length, head_dim = query.shape
         kv_heads, kv_length = key.shape[1], key.shape[2]
         if q_heads % kv_heads:
@@ -375,8 +381,7 @@ class capture_last_row:
         if keys.shape[0] != batch:
             keys = keys.expand(batch, -1, -1, -1)
         scores = torch.matmul(q_last, keys.transpose(-1, -2)).reshape(batch, q_heads, kv_length) * scaling
-        bias = self._mask_row(module, attention_mask, index, batch_range, q_length, kv_length, kwargs)
-        return torch.softmax(scores + bias, dim=-1)
+        return scores, self._mask_row(module, attention_mask, index, batch_range, q_length, kv_length, kwargs)
 
     @staticmethod
     def _mask_row(module, attention_mask, index, batch_range, q_length, kv_length, kwargs) -> torch.Tensor:
@@ -439,12 +444,11 @@ class edit_last_row:
         """`output` (B, T, H_q, D) of sdpa_attention_forward with the selected heads' last row edited."""
         if id(module) not in self._module_ids or torch.is_grad_enabled():
             return output
-        rows = self._rows
-        probs = rows._compute(module, query, key, attention_mask, kwargs)
+        scores, bias = self._rows._logits(module, query, key, attention_mask, kwargs)
+        probs = torch.softmax(scores + bias, dim=-1)
         batch, q_heads, kv_length = probs.shape
-        index = rows._positions(batch, query.shape[2], query.device)
+        index = self._rows._positions(batch, query.shape[2], query.device)
         batch_range = torch.arange(batch, device=query.device)
-        bias = rows._mask_row(module, attention_mask, index, batch_range, query.shape[2], kv_length, kwargs)
         visible = (bias > torch.finfo(torch.float32).min / 2).any(1)  # (B, T_kv)
         layer = getattr(module, "layer_idx", None)
         edited, select = self.edit(layer if isinstance(layer, int) else None, probs, visible)

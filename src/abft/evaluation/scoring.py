@@ -7,14 +7,15 @@ probs = scorer.probs(prompts, label_token_ids, "template 3")     # its ScoreCach
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .. import distributed
-from ..batching import collate, length_batches
+from ..batching import Batch, collate, length_batches
 from ..progress import progress_bar
 
 
@@ -26,8 +27,12 @@ def score_prompts(
     pad_id: int,
     batch_size: int = 16,
     description: str = "scoring",
+    around: Callable[[Batch], AbstractContextManager] | None = None,
 ) -> np.ndarray:
     """Softmax over the label tokens' logits at each prompt's last position, in prompt order.
+
+    `around(batch)`, if given, is a context manager entered around each batch's forward (abft ceiling's
+    attention edits, which need the batch's label positions).
 
     Several processes (abft.distributed) each score their share of the prompts; every one gets all rows.
     With a sharded model a process short of batches scores a dummy one (the first prompt) and drops it.
@@ -41,7 +46,8 @@ def score_prompts(
     with progress_bar(description, total=len(mine)) as advance:
         for idx in batches:
             batch = collate([mine[i] for i in idx] if idx else list(prompts[:1]), pad_id).to(device)
-            logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]  # (B, V)
+            with around(batch) if around is not None else nullcontext():
+                logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]  # (B, V)
             if idx:
                 out[idx] = torch.softmax(logits[:, labels].double(), dim=-1).cpu().numpy()
                 advance(len(idx))

@@ -32,10 +32,9 @@ import numpy as np
 import torch
 
 from ..attention import edit_last_row, use_last_row_attention
-from ..batching import collate, length_batches
 from ..errors import UserError
+from ..evaluation.scoring import score_prompts
 from ..objectives import ABFTObjective
-from ..progress import progress_bar
 from ..rundir import atomic_write
 
 EDITS = ("none", "knockout", "drop", "move", "target", "swap")
@@ -46,11 +45,11 @@ def edit_rows(p: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor, edit:
     """Edited rows (B, H, T) of last-row probabilities p (B, H, T); correct / wrong: (B, T) bool positions."""
     correct = correct[:, None, :].to(p.dtype)
     wrong = wrong[:, None, :].to(p.dtype)
+    if edit == "none":
+        return p
     n_correct, n_wrong = correct.sum(-1, keepdim=True), wrong.sum(-1, keepdim=True)
     on_correct, on_wrong = (p * correct).sum(-1, keepdim=True), (p * wrong).sum(-1, keepdim=True)
     dropped = p * (1 - wrong)
-    if edit == "none":
-        return p
     if edit == "knockout":
         q = p * (1 - correct - wrong)
     elif edit == "drop":
@@ -77,7 +76,6 @@ def label_position_masks(batch) -> tuple[torch.Tensor, torch.Tensor]:
     return (at & good).any(1), (at & ~good).any(1)
 
 
-@torch.no_grad()
 def edited_scores(
     model,
     prompts: Sequence,
@@ -95,36 +93,35 @@ def edited_scores(
         raise ValueError(f"heads must be one of {HEAD_SETS}, got {heads!r}")
     objective = objective or ABFTObjective()
     use_last_row_attention(model)
-    device = next(model.parameters()).device
-    labels = torch.tensor(list(label_token_ids), device=device)
-    out = np.zeros((len(prompts), len(labels)))
     edited = 0
-    with progress_bar(f"ceiling {edit} ({heads})", total=len(prompts)) as advance:
-        for idx in length_batches(prompts, batch_size):
-            batch = collate([prompts[i] for i in idx], pad_id).to(device)
-            correct, wrong = label_position_masks(batch)
-            valid = batch.demo_labels >= 0
-            positions = batch.label_positions.clamp(min=0)
 
-            def edit_layer(layer, p, visible, batch=batch, correct=correct, wrong=wrong, valid=valid, pos=positions):
-                nonlocal edited
-                if heads == "all":
-                    select = torch.ones(p.shape[:2], dtype=torch.bool, device=p.device)
-                else:  # the training filter on this row: (B, 1, H, k) label attention -> (B, H)
-                    label_probs = objective.label_attention(p[:, None], pos)
-                    select = objective.induction_heads(label_probs, valid, batch.lengths)[:, 0]
-                edited += int(select.sum())
-                return edit_rows(p, correct & visible, wrong & visible, edit), select
+    def around(batch):  # the edit of one batch: its label positions decide what moves where
+        correct, wrong = label_position_masks(batch)
+        valid = batch.demo_labels >= 0
+        positions = batch.label_positions.clamp(min=0)
 
-            inputs = {**batch.model_inputs(), "logits_to_keep": 1, "use_cache": False}
-            if edit == "none":
-                logits = model(**inputs).logits[:, -1, labels]
-            else:
-                with edit_last_row(model, edit_layer):
-                    logits = model(**inputs).logits[:, -1, labels]
-            out[idx] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
-            advance(len(idx))
-    return out, edited / max(len(prompts), 1)
+        def edit_layer(layer, p, visible):
+            nonlocal edited
+            if heads == "all":
+                select = torch.ones(p.shape[:2], dtype=torch.bool, device=p.device)
+            else:  # the training filter on this row: (B, 1, H, k) label attention -> (B, H)
+                label_probs = objective.label_attention(p[:, None], positions)
+                select = objective.induction_heads(label_probs, valid, batch.lengths)[:, 0]
+            edited += int(select.sum())
+            return edit_rows(p, correct & visible, wrong & visible, edit), select
+
+        return edit_last_row(model, edit_layer)
+
+    probs = score_prompts(
+        model,
+        prompts,
+        label_token_ids,
+        pad_id,
+        batch_size,
+        f"ceiling {edit} ({heads})",
+        around=None if edit == "none" else around,
+    )
+    return probs, edited / max(len(prompts), 1)
 
 
 def attention_ceiling(
@@ -167,7 +164,7 @@ def attention_ceiling(
     num_classes = len(dataset.info.label_words)
     log(f"{len(prompts)} validation prompts of {dataset.info.name} (demonstration split), k={cfg.data.k}")
     edits, head_sets = list(dict.fromkeys(edits)), list(dict.fromkeys(head_sets))
-    plan = [("none", "-")] if "none" in edits else []  # the unedited model, once
+    plan = [("none", "filter")] if "none" in edits else []  # the unedited model, once (no head is edited)
     plan += [(edit, heads) for heads in head_sets for edit in edits if edit != "none"]
     rows = []
     for edit, heads in plan:
@@ -177,11 +174,12 @@ def attention_ceiling(
             tokenizer.pad_token_id,
             builder.label_token_ids,
             edit,
-            "filter" if heads == "-" else heads,
+            heads,
             objective,
             batch_size,
         )
         metrics = prompt_metrics(probs, prompts, num_classes)
+        heads = "-" if edit == "none" else heads
         row = {"edit": edit, "heads": heads, "edited_heads_per_prompt": round(count, 2)}
         row.update({key: metrics[key] for key in ("accuracy", "macro_f1", "copies_last_label")})
         rows.append(row)
@@ -206,7 +204,8 @@ def attention_ceiling(
 def register(sub) -> None:
     """Add `abft ceiling` to abft.cli's subparsers."""
     from ..cli import _add_fields
-    from ..config import DataConfig, ModelConfig, TrainConfig
+    from ..config import TrainConfig
+    from .commands import add_model_and_data_flags
 
     parser = sub.add_parser(
         "ceiling",
@@ -214,8 +213,7 @@ def register(sub) -> None:
         description="Score validation prompts (demonstration split) with the last token's attention on "
         "demonstration labels edited in ABFT's induction heads or in every head.",
     )
-    _add_fields(parser, ModelConfig, "model.", skip={"fsdp"})  # one process, one whole model
-    _add_fields(parser, DataConfig, "data.", skip={"train_samples", "test_samples"})
+    add_model_and_data_flags(parser)
     kept = {"head_filter", "log_base", "count_bos"}  # the filter that selects the heads to edit
     _add_fields(parser, TrainConfig, "train.", skip={f.name for f in dataclasses.fields(TrainConfig)} - kept)
     group = parser.add_argument_group("ceiling")

@@ -235,10 +235,19 @@ HEADS_FLAGS = (
 )
 
 
+def add_model_and_data_flags(parser) -> None:
+    """The model and prompt flags of an analysis command (one process, one whole model: no --fsdp; no
+    training or test sizes)."""
+    from ..cli import _add_fields
+    from ..config import DataConfig, ModelConfig
+
+    _add_fields(parser, ModelConfig, "model.", skip={"fsdp"})
+    _add_fields(parser, DataConfig, "data.", skip={"train_samples", "test_samples"})
+
+
 def register(sub) -> None:
     """Add the three subcommands to abft.cli's subparsers."""
     from ..cli import _add_fields
-    from ..config import DataConfig, ModelConfig
 
     rep = sub.add_parser(
         "report",
@@ -260,8 +269,7 @@ def register(sub) -> None:
         description="Per (layer, head): label-attention magnitude and correctness on calibration prompts "
         "(ABFT's filter and the circuit threshold), and the induction score on repeated random tokens.",
     )
-    _add_fields(heads, ModelConfig, "model.", skip={"fsdp"})  # one process, one whole model
-    _add_fields(heads, DataConfig, "data.", skip={"train_samples", "test_samples"})
+    add_model_and_data_flags(heads)
     _add_fields(heads, RunConfig, "", skip={"save", "output"})
     group = heads.add_argument_group("heads")
     defaults = HeadsOptions()

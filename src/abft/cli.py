@@ -41,7 +41,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls, prefix: str, skip=()) -> N
         elif f.type in ("bool", bool):
             group.add_argument(_flag(f), dest=dest, action="store_true", default=default, help=meta["help"])
         else:
-            kind = type(default[0]) if meta.get("nargs") else (type(default) if default is not None else str)
+            kind = type(default[0]) if meta.get("nargs") else _scalar_type(f)
             group.add_argument(
                 _flag(f),
                 dest=dest,
@@ -52,6 +52,12 @@ def _add_fields(parser: argparse.ArgumentParser, cls, prefix: str, skip=()) -> N
                 metavar=None if meta.get("choices") else f.name.upper(),
                 help=meta["help"] if default is None else f"{meta['help']} (default: {default})",
             )
+
+
+def _scalar_type(f: dataclasses.Field):
+    """float / int / str from the field's annotation ("float | None" -> float); a None default has no type."""
+    name = str(f.type).split("|")[0].strip()
+    return {"float": float, "int": int, "bool": bool}.get(name, str)
 
 
 def _config(args: argparse.Namespace) -> RunConfig:

@@ -61,7 +61,13 @@ class TrainConfig:
     method: str = opt(
         "abft", "abft (attention loss, W_Q/W_K) or e2e (cross-entropy of the gold label)", choices=["abft", "e2e"]
     )
-    lr: float = opt(2e-5, "Adam learning rate (constant; the paper's 2e-5 barely moves a 135M model, where 3e-4 works)")
+    recipe: str = opt(
+        "auto",
+        "where unset settings come from: auto (lr scaled to the model's W_Q/W_K, validation every few steps, the "
+        "best step kept) or paper (the paper's lr 2e-5, the last step kept); explicit flags always win",
+        choices=["auto", "paper"],
+    )
+    lr: float | None = opt(None, "Adam learning rate, constant (default: from --recipe)")
     pseudo_batch_size: int = opt(32, "examples per optimiser step (gradient accumulation)")
     micro_batch_size: int = opt(8, "examples per forward/backward pass (memory vs speed; does not change the step)")
     epochs: int = opt(2, "passes over the training prompts")
@@ -90,6 +96,18 @@ class TrainConfig:
     lora_alpha: float = opt(32.0, "LoRA alpha (the update is scaled by alpha / r)")
     lora_dropout: float = opt(0.0, "dropout on the LoRA input (0 keeps training deterministic)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, slower")
+    val_samples: int | None = opt(
+        None,
+        "validation prompts scored during training (queries and demonstrations from the demonstration split, "
+        "never the test split; 0: none; default: from --recipe)",
+    )
+    val_every: int = opt(4, "optimiser steps between validation scorings (and after the last step)")
+    keep: str | None = opt(
+        None,
+        "the weights kept at the end: best (the step with the highest validation accuracy, step 0 = the "
+        "unchanged model included) or last (default: from --recipe)",
+        choices=["best", "last"],
+    )
 
     def validate(self) -> None:
         """UserError for a setting no run can use (checked by the CLI before any work, and by train())."""
@@ -98,10 +116,14 @@ class TrainConfig:
                 ("--pseudo-batch-size", self.pseudo_batch_size, 1),
                 ("--micro-batch-size", self.micro_batch_size, 1),
                 ("--epochs", self.epochs, 1),
+                ("--val-every", self.val_every, 1),
+                ("--val-samples", self.val_samples or 0, 0),
             ]
         )
-        if not 0 < self.lr < math.inf:
+        if self.lr is not None and not 0 < self.lr < math.inf:
             raise UserError(f"--lr must be positive and finite, got {self.lr}; the paper uses 2e-5")
+        if self.keep == "best" and self.val_samples == 0:
+            raise UserError("--keep best needs validation prompts: give --val-samples N (N >= 1) or --keep last")
         weights = [("--correct-label-reward", self.reward), ("--wrong-label-penalty", self.penalty)]
         weights += [("--p-factor", self.p_factor)] + [("--pid", gain) for gain in self.pid]
         for flag, value in weights:

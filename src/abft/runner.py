@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -17,22 +18,27 @@ import torch
 
 from . import distributed
 from .config import RunConfig, check_at_least
-from .data import PromptBuilder, default_template, load_any, test_pairs, train_pairs
+from .data import PromptBuilder, default_template, load_any, test_pairs, train_pairs, validation_pairs
 from .errors import UserError
-from .evaluation import fore_cache, suites
+from .evaluation import evaluate_prompts, fore_cache, suites
 from .evaluation import mauve as mauve_eval
+from .evaluation.protocols import accuracy_se
 from .heads import head_statistics, heads_summary
 from .models import load_model
 from .models.context import check_context
 from .models.lora import add_lora
 from .models.params import BaseWeights, save_trained
 from .objectives import ABFTObjective
+from .recipe import describe as describe_recipe
+from .recipe import resolve as resolve_recipe
 from .report.snapshot import RunSnapshot
 from .rundir import RunDir, atomic_write
 from .train import StepRecord
 from .train import train as train_model
+from .validation import ValidationMonitor
 
 HEAD_SAMPLE = 64  # training prompts used for heads.json
+FULL_TEST = 1024  # StaICC's test prompts per dataset (512 queries x 2 demonstration sets)
 
 
 def default_output(cfg: RunConfig, train: bool = True, what: str | None = None) -> Path:
@@ -94,6 +100,9 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
         raise
     if not distributed.is_main():  # the others wrote into a scratch directory
         return metrics
+    table = summary_table(metrics)
+    if table:
+        log(table)
     from .report.html import write_report  # matplotlib loads here only
 
     try:
@@ -115,6 +124,8 @@ class _Job:
     mauve: object = None  # evaluation.mauve.MauveTest with --mauve-test / --mauve-prefix
     base: BaseWeights | None = None  # W_Q/W_K before training, for MAUVE's features and the report's qk_shift
     sets: dict = dataclasses.field(default_factory=dict)  # the prompt sets of the selected protocols
+    recipe: dict = dataclasses.field(default_factory=dict)  # what the recipe chose (recipe.resolve)
+    validation: list | None = None  # validation prompts (demonstration split) scored during training
 
 
 def _prepare(cfg: RunConfig, train: bool) -> _Job:
@@ -138,6 +149,7 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
         add_lora(model, cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
     if fsdp:
         distributed.shard_model(model)
+    choices = resolve_recipe(cfg.train, model) if train else {}
     info = dataset.info
     builder = PromptBuilder(tokenizer, info.label_words, default_template(info), cfg.data.label_token_mode)
     test = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, cfg.data.test_samples))
@@ -145,12 +157,15 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     if train:
         pairs = train_pairs(dataset, cfg.data.k, cfg.data.train_samples, cfg.seed)
         train_prompts = builder.build_pairs(dataset, pairs)
+    validation = None
+    if train and cfg.train.val_samples:
+        validation = builder.build_pairs(dataset, validation_pairs(dataset, cfg.data.k, cfg.train.val_samples))
     if train_prompts:  # and the test prompt of the report's snapshot; the suites check the others
-        check_context(model, [*train_prompts, test[0]])
+        check_context(model, [*train_prompts, *(validation or []), test[0]])
     sets = suites.check_suites(model, tokenizer, dataset, cfg, normal=(builder, test))  # built once per run
     base = BaseWeights(model) if train else None
     mauve = mauve_eval.prepare(model, tokenizer, dataset, cfg, base)
-    return _Job(dataset, model, tokenizer, builder, test, train_prompts, {}, mauve=mauve, base=base, sets=sets)
+    return _Job(dataset, model, tokenizer, builder, test, train_prompts, {}, mauve, base, sets, choices, validation)
 
 
 def _fsdp(cfg: RunConfig) -> bool:
@@ -193,7 +208,14 @@ def _validate(cfg: RunConfig, train: bool) -> None:
 
 def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     train = job.train is not None
-    out.write_json("config.json", {**dataclasses.asdict(cfg), "command": "run" if train else "evaluate"})
+    previous = distributed.broadcast_object(out.read_json("config.json")) or {}  # resuming: keep its record
+    choices = previous.get("recipe_choices") or job.recipe
+    config = {**dataclasses.asdict(cfg), "command": "run" if train else "evaluate"}
+    out.write_json("config.json", {**config, "recipe_choices": choices} if train else config)
+    if train:
+        log(describe_recipe(choices, cfg.train))
+    if cfg.data.test_samples < FULL_TEST:
+        log(f"note: {len(job.test)} test prompts, fewer than StaICC's {FULL_TEST}: a quicker, noisier estimate")
     model, tokenizer, test, info = job.model, job.tokenizer, job.test, job.dataset.info
     pad = tokenizer.pad_token_id
     labels = job.builder.label_token_ids
@@ -234,6 +256,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
             atomic_write(out.file("train_log.jsonl"), "".join(json.dumps(r.as_dict()) + "\n" for r in records))
 
         checkpoint = out.file("checkpoint")
+        monitor = _monitor(cfg, job, log)
         train_model(
             model,
             train_prompts,
@@ -246,8 +269,12 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
             on_resume=on_resume,
             checkpoint_dir=checkpoint,
             checkpoint_every=cfg.checkpoint_every,
+            monitor=monitor,
         )
         timings["train_seconds"] = round(time.perf_counter() - t, 2)
+        if monitor is not None:
+            metrics["validation"] = monitor.summary()
+            log(f"kept the weights of step {metrics['validation']['kept_step']} ({monitor.keep} on validation)")
         heads_after = head_statistics(model, sample, pad, objective)
         out.write_json("heads.json", {"before": heads_summary(heads_before), "after": heads_summary(heads_after)})
         snapshot.write(model, out.path)  # example_attention.json, qk_shift.json
@@ -269,6 +296,39 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     out.write_json("metrics.json", metrics)
     out.write_json("timings.json", timings)
     return metrics
+
+
+def _monitor(cfg: RunConfig, job: _Job, log) -> ValidationMonitor | None:
+    """The validation monitor of a training run with validation prompts (cfg.train.val_samples > 0)."""
+    if not job.validation:
+        return None
+    labels, pad = job.builder.label_token_ids, job.tokenizer.pad_token_id
+    classes, batch = len(job.dataset.info.label_words), cfg.eval.eval_batch_size
+
+    def score(model) -> dict:
+        return evaluate_prompts(model, job.validation, labels, pad, classes, batch, "validating")[0]
+
+    return ValidationMonitor(score, cfg.train.val_every, cfg.train.keep, len(job.validation), log)
+
+
+def summary_table(metrics: dict) -> str | None:
+    """Accuracy before / after / change with the test-prompt count and 95% intervals (normal approximation;
+    the change's interval treats the two stages as independent samples, which overstates it)."""
+    rows = [(stage, metrics[stage]) for stage in ("before", "after") if "accuracy" in metrics.get(stage, {})]
+    if not rows:
+        return None
+    lines = [f"{'':8}{'accuracy':>10}{'95% interval':>20}{'test prompts':>14}"]
+    se = {stage: accuracy_se(m["accuracy"], m["prompts"]) for stage, m in rows}
+    for stage, m in rows:
+        half = 1.96 * se[stage]
+        interval = f"[{m['accuracy'] - half:.3f}, {m['accuracy'] + half:.3f}]"
+        lines.append(f"{stage:8}{m['accuracy']:>10.4f}{interval:>20}{m['prompts']:>14}")
+    if len(rows) == 2:
+        (_, b), (_, a) = rows
+        change, half = a["accuracy"] - b["accuracy"], 1.96 * math.hypot(se["before"], se["after"])
+        interval = f"[{change - half:+.3f}, {change + half:+.3f}]"
+        lines.append(f"{'change':8}{change:>+10.4f}{interval:>20}")
+    return "\n".join(lines)
 
 
 def _fore_test(cfg: RunConfig, job: _Job, metrics: dict, evaluate, log) -> None:

@@ -33,6 +33,8 @@ from .models.lora import add_lora, has_lora
 from .models.params import find_qk_slices, mark_trainable, zero_inactive_heads
 from .objectives import ABFTObjective, e2e_loss
 from .progress import progress_bar
+from .recipe import resolve as resolve_recipe
+from .validation import ValidationMonitor
 
 
 @dataclass
@@ -80,6 +82,7 @@ def train(
     on_resume: Callable[[list[StepRecord]], None] | None = None,
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 1,
+    monitor: ValidationMonitor | None = None,
 ) -> list[StepRecord]:
     """Train `model` in place on `prompts`; returns one record per optimiser step.
 
@@ -88,12 +91,15 @@ def train(
     called for them again). `prefix_tokens`: special tokens the tokenizer puts first (PromptBuilder.prefix_ids),
     left out of n_t with --no-count-bos.
     With several processes only the main one reads and writes checkpoints.
+    `monitor` scores validation prompts at step 0 and every `monitor.every` steps; with keep='best' the
+    best step's weights are put back at the end. Settings left None (cfg.lr, ...) come from cfg.recipe.
     """
     if not prompts:
         raise UserError("no training prompts: --train-samples must be at least 1")
     cfg.validate()
     if cfg.lora_r and not has_lora(model):
         add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    resolve_recipe(cfg, model)  # a no-op for settings given (the runner resolves and records them first)
     if cfg.restricted_gradient and has_lora(model):
         raise UserError("--restricted-gradient cannot be combined with LoRA: lora_A is shared by all heads")
     if cfg.restricted_gradient and distributed.sharded():
@@ -129,8 +135,12 @@ def train(
         if state.get("cuda_rng") and torch.cuda.is_available():  # dropout on GPU (LoRA) draws from these
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         records = [StepRecord(**r) for r in state["records"]]
+        if monitor is not None and state.get("monitor"):
+            monitor.load_state_dict(state["monitor"])
     if on_resume:
         on_resume(list(records))
+    if monitor is not None and not monitor.curve:
+        monitor.observe(model, 0, params)  # the unchanged model: the baseline, and a candidate to keep
     try:
         with progress_bar(f"training ({cfg.method})", total=len(plan)) as advance:
             advance(len(records))
@@ -202,6 +212,8 @@ def train(
                     record.extra["train_accuracy"] = total_correct / len(chunk)
                 controller.update(record.heads)
                 records.append(record)
+                if monitor is not None and monitor.due(step, len(plan)):
+                    record.extra["val_accuracy"] = monitor.observe(model, step, params)["accuracy"]
                 if checkpoint_dir and (step % checkpoint_every == 0 or step == len(plan)):
                     # whole tensors (FSDP shares gathered by every process), so any process count can resume
                     state = {
@@ -211,12 +223,15 @@ def train(
                         "rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                         "records": [dict(r.__dict__) for r in records],
+                        "monitor": monitor.state_dict() if monitor is not None else None,
                     }
                     if distributed.is_main():
                         save_checkpoint(checkpoint_dir, state)
                 if on_step:
                     on_step(record)
                 advance(1, loss=record.loss, heads=record.heads, A=controller.penalty)
+        if monitor is not None:
+            monitor.restore(params)
     finally:
         if cfg.gradient_checkpointing:
             _disable_checkpointing(model)

@@ -64,7 +64,13 @@ def prompt_metrics(probs: np.ndarray, prompts: Sequence, num_classes: int) -> di
     result = classification_metrics(probs, gold, num_classes)
     result["copies_last_label"] = recency_copy_rate(probs.argmax(-1), prompts)
     result["prompts"] = len(prompts)
+    result["accuracy_se"] = accuracy_se(result["accuracy"], len(prompts))
     return result
+
+
+def accuracy_se(accuracy: float, n: int) -> float:
+    """Standard error of an accuracy over n independent prompts (binomial)."""
+    return math.sqrt(accuracy * (1 - accuracy) / n) if n else float("nan")
 
 
 def _setup(model, tokenizer, dataset: Dataset, cfg, cache, sets, build) -> tuple[Scorer, dict]:

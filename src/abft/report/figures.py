@@ -24,6 +24,7 @@ SIZES = {  # inches
     "heads": (13.0, 11.0),
     "example_attention": (14.0, 9.0),
     "training": (9.0, 8.0),
+    "validation": (9.0, 4.0),
     "qk_shift": (10.0, 4.5),
     "accuracy": (10.0, 5.0),
     "label_heads": (13.0, 10.0),
@@ -31,7 +32,9 @@ SIZES = {  # inches
     "interpolation": (13.0, 5.5),
 }
 
-RUN_FIGURES = frozenset({"accuracy", "heads", "example_attention", "training", "qk_shift"})  # run_figures' names
+RUN_FIGURES = frozenset(
+    {"accuracy", "heads", "example_attention", "training", "validation", "qk_shift"}
+)  # run_figures' names
 
 
 @dataclass
@@ -166,6 +169,33 @@ def training_figure(log: list[dict]) -> bytes:
     return _png(fig)
 
 
+def validation_figure(validation: dict) -> bytes:
+    """Validation accuracy per optimiser step (step 0: the unchanged model), the kept step marked."""
+    curve = validation["curve"]
+    steps, accuracy = [r["step"] for r in curve], [r["accuracy"] for r in curve]
+    fig = _new("validation")
+    ax = fig.subplots()
+    ax.plot(steps, accuracy, marker="o", color="tab:blue", label="validation accuracy")
+    ax.axhline(accuracy[0], linestyle="--", color="gray", label="unchanged model (step 0)")
+    kept = validation.get("kept_step")
+    if kept in steps:
+        ax.plot([kept], [accuracy[steps.index(kept)]], marker="*", markersize=16, color="tab:red", linestyle="")
+        ax.annotate(
+            f"kept: step {kept}",
+            (kept, accuracy[steps.index(kept)]),
+            textcoords="offset points",
+            xytext=(6, 8),
+            color="tab:red",
+        )
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"Validation during training ({validation['prompts']} prompts from the demonstration split)")
+    return _png(fig)
+
+
 def qk_shift_figure(shift: dict) -> bytes:
     layers = np.asarray(shift["layers"])
     fig = _new("qk_shift")
@@ -287,6 +317,13 @@ def run_figures(metrics: dict, heads: dict, example: dict | None, shift: dict | 
     if log:
         caption = "Per optimiser step from train_log.jsonl: mean induction heads per example, A and B, loss."
         out.append(Figure("training", "Training dynamics", caption, training_figure(log)))
+    if metrics.get("validation", {}).get("curve"):
+        caption = (
+            "Accuracy on held-out validation prompts (queries and demonstrations from the demonstration split, "
+            "never the test split) during training; the star marks the step whose weights were kept "
+            "(metrics.json 'validation')."
+        )
+        out.append(Figure("validation", "Validation curve", caption, validation_figure(metrics["validation"])))
     if shift:
         caption = "Frobenius norm of the change of each layer's W_Q and W_K (qk_shift.json)."
         out.append(Figure("qk_shift", "Weight change per layer", caption, qk_shift_figure(shift)))

@@ -1,0 +1,71 @@
+"""Recipes: where the training settings a user did not give come from.
+
+    choices = resolve(cfg.train, model)   # fills cfg.lr / cfg.val_samples / cfg.keep where they are None
+
+`paper`: the paper's settings (Adam lr 2e-5, no validation, the last step kept).
+`auto` (the default): the same objective and schedule with
+- a step size scaled to the model: lr = RELATIVE_LR x RMS of the W_Q/W_K entries. Adam moves every entry by
+  about lr per step whatever the gradient's scale, so lr / RMS(W) is the relative change per step; models
+  with q/k norms (Gemma 3) are even invariant to the scale of W, so only that ratio matters there.
+  RELATIVE_LR = 3e-4 / 0.207: the lr chosen on SST-2 validation prompts for SmolLM2-135M (RMS 0.207), which
+  gives 5.7e-5 for Gemma-3-270M (RMS 0.040), near the paper's 2e-5 that works there (benchmarks/RESULTS.md).
+  LoRA adapters start at zero, so they have no scale to follow: with LoRA the lr is the paper's 1e-4.
+- validation prompts scored every `val_every` steps and the best step's weights kept, so a step size that
+  overshoots on an unseen model costs the later steps, not the result.
+Explicit settings are never changed; `resolve` returns what it chose, for config.json and the log.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import distributed
+from .models.params import find_qk_slices, qk_param
+
+PAPER_LR, PAPER_LORA_LR = 2e-5, 1e-4
+RELATIVE_LR = 3e-4 / 0.207
+AUTO_VAL_SAMPLES = 128
+
+
+def resolve(cfg, model) -> dict:
+    """Fill the TrainConfig fields left None from cfg.recipe; returns {"recipe", chosen fields, why}."""
+    chosen: dict = {}
+    if cfg.lr is None:
+        if cfg.recipe == "paper":
+            chosen["lr"] = PAPER_LORA_LR if cfg.lora_r else PAPER_LR
+        elif cfg.lora_r:
+            chosen["lr"], chosen["lr_rule"] = PAPER_LORA_LR, "LoRA: the paper's LoRA lr"
+        else:
+            rms = qk_rms(model)
+            chosen["lr"] = float(f"{RELATIVE_LR * rms:.2g}")
+            chosen["lr_rule"] = f"{RELATIVE_LR:.3g} x RMS of W_Q/W_K ({rms:.4g})"
+    if cfg.val_samples is None:
+        chosen["val_samples"] = 0 if cfg.recipe == "paper" else AUTO_VAL_SAMPLES
+    if cfg.keep is None:
+        val = chosen.get("val_samples", cfg.val_samples)
+        chosen["keep"] = "best" if cfg.recipe == "auto" and val else "last"
+    for key in ("lr", "val_samples", "keep"):
+        if key in chosen:
+            setattr(cfg, key, chosen[key])
+    return {"recipe": cfg.recipe, **chosen}
+
+
+@torch.no_grad()
+def qk_rms(model) -> float:
+    """Root mean square of every W_Q and W_K entry (biases excluded; the Q and K parts of fused projections)."""
+    total, count = 0.0, 0
+    for s in find_qk_slices(model):
+        w = distributed.full(qk_param(model, s.param).detach()).narrow(s.out_dim, s.start, s.stop - s.start)
+        total += float(w.double().pow(2).sum())
+        count += w.numel()
+    return (total / count) ** 0.5
+
+
+def describe(choices: dict, cfg) -> str:
+    """One line: the recipe's choices and the explicit flags that repeat them."""
+    parts = [f"lr {cfg.lr:g}" + (f" ({choices['lr_rule']})" if "lr_rule" in choices else "")]
+    val = f"validation {cfg.val_samples} prompts every {cfg.val_every} steps"
+    parts.append(val if cfg.val_samples else "no validation")
+    parts.append(f"keep the {cfg.keep} step")
+    flags = f"--lr {cfg.lr:g} --val-samples {cfg.val_samples} --val-every {cfg.val_every} --keep {cfg.keep}"
+    return f"recipe {cfg.recipe}: {', '.join(parts)}; the same with explicit flags: {flags}"

@@ -1,0 +1,188 @@
+"""Recipes (abft.recipe) and validation during training (abft.validation): the choices, best-step selection,
+explicit flags winning, resume keeping the best step, and validation prompts apart from training and test."""
+
+import json
+
+import pytest
+import torch
+from fake_prompts import LABEL_TOKENS, fake_prompts
+from tiny_models import tiny_llama
+
+from abft import data as D
+from abft.cli import main
+from abft.config import TrainConfig
+from abft.models.params import find_qk_slices, trained_tensors
+from abft.recipe import PAPER_LORA_LR, PAPER_LR, RELATIVE_LR, qk_rms, resolve
+from abft.train import train
+from abft.validation import ValidationMonitor
+
+CFG = dict(lr=1e-2, pseudo_batch_size=4, micro_batch_size=2, epochs=2, head_filter=False)
+
+
+def _tensors(model):
+    return {k: v.clone() for k, v in trained_tensors(model, find_qk_slices(model)).items()}
+
+
+def _scripted(accuracies):
+    """A score function that returns the next scripted accuracy on each call (step 0 first)."""
+    calls = iter(accuracies)
+
+    def score(model):
+        return {"accuracy": next(calls), "true_label_likelihood": 0.5}
+
+    return score
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+def test_paper_recipe_is_the_papers_settings():
+    cfg = TrainConfig(recipe="paper")
+    choices = resolve(cfg, tiny_llama())
+    assert (cfg.lr, cfg.val_samples, cfg.keep) == (PAPER_LR, 0, "last") == (2e-5, 0, "last")
+    assert (cfg.epochs, cfg.pseudo_batch_size, cfg.adaptive_penalty, cfg.penalty, cfg.reward) == (2, 32, "pid", 0.5, 1)
+    assert choices == {"recipe": "paper", "lr": 2e-5, "val_samples": 0, "keep": "last"}
+    lora = TrainConfig(recipe="paper", lora_r=4)
+    resolve(lora, tiny_llama())
+    assert lora.lr == PAPER_LORA_LR
+
+
+def test_auto_lr_follows_the_scale_of_wq_wk():
+    model = tiny_llama()
+    cfg = TrainConfig()
+    choices = resolve(cfg, model)
+    rms = qk_rms(model)
+    assert cfg.lr == pytest.approx(RELATIVE_LR * rms, rel=0.05) and cfg.keep == "best" and cfg.val_samples == 128
+    assert "lr_rule" in choices
+    with torch.no_grad():
+        for s in find_qk_slices(model):
+            model.get_parameter(s.param).mul_(10)
+    scaled = TrainConfig()
+    resolve(scaled, model)
+    assert qk_rms(model) == pytest.approx(10 * rms, rel=1e-5)
+    assert scaled.lr == pytest.approx(10 * cfg.lr, rel=0.1)  # 2 significant digits on each side
+    embedded = RELATIVE_LR * 0.207  # SmolLM2-135M's RMS: the lr chosen on its validation prompts
+    assert float(f"{embedded:.2g}") == 3e-4
+
+
+def test_explicit_settings_win_over_the_recipe():
+    cfg = TrainConfig(lr=1e-3, val_samples=0, keep="last")
+    assert resolve(cfg, tiny_llama()) == {"recipe": "auto"}
+    assert (cfg.lr, cfg.val_samples, cfg.keep) == (1e-3, 0, "last")
+    paper = TrainConfig(recipe="paper", val_samples=16)
+    resolve(paper, tiny_llama())
+    assert paper.val_samples == 16 and paper.keep == "last" and paper.lr == 2e-5
+
+
+def test_keep_best_without_validation_is_refused():
+    from abft.errors import UserError
+
+    with pytest.raises(UserError, match="--keep best needs validation"):
+        TrainConfig(val_samples=0, keep="best").validate()
+
+
+# ------------------------------------------------------------------------------------ best-step selection
+def test_best_step_weights_are_kept_on_a_scripted_curve():
+    prompts = fake_prompts(8, k=3)
+    # steps 0..4 (every step; 2 epochs x 2 steps = 4 steps): the best is step 2, a later tie does not replace it
+    accuracies = [0.5, 0.6, 0.9, 0.9, 0.7]
+    snapshots = {}
+    model = tiny_llama()
+    snapshots[0] = _tensors(model)
+    monitor = ValidationMonitor(_scripted(accuracies), every=1, keep="best")
+    records = train(
+        model,
+        prompts,
+        TrainConfig(**CFG),
+        0,
+        LABEL_TOKENS,
+        on_step=lambda r: snapshots.__setitem__(r.step, _tensors(model)),
+        monitor=monitor,
+    )
+    summary = monitor.summary()
+    assert summary["kept_step"] == summary["best_step"] == 2 and summary["best_accuracy"] == 0.9
+    assert summary["base_accuracy"] == 0.5 and [r["step"] for r in summary["curve"]] == [0, 1, 2, 3, 4]
+    assert [r.extra["val_accuracy"] for r in records] == accuracies[1:]
+    final = _tensors(model)
+    assert all(torch.equal(final[k], snapshots[2][k]) for k in final)
+    assert any(not torch.equal(final[k], snapshots[4][k]) for k in final)
+
+
+def test_step_zero_can_be_kept_and_keep_last_keeps_the_last():
+    prompts = fake_prompts(8, k=3)
+    model = tiny_llama()
+    base = _tensors(model)
+    monitor = ValidationMonitor(_scripted([0.8, 0.5, 0.6]), every=2, keep="best")
+    train(model, prompts, TrainConfig(**CFG), 0, LABEL_TOKENS, monitor=monitor)
+    assert monitor.summary()["kept_step"] == 0 and [r["step"] for r in monitor.summary()["curve"]] == [0, 2, 4]
+    assert all(torch.equal(t, base[k]) for k, t in _tensors(model).items())
+
+    last = tiny_llama()
+    plain = tiny_llama()
+    monitor = ValidationMonitor(_scripted([0.8, 0.5, 0.6]), every=2, keep="last")
+    train(last, prompts, TrainConfig(**CFG), 0, LABEL_TOKENS, monitor=monitor)
+    train(plain, prompts, TrainConfig(**CFG), 0, LABEL_TOKENS)
+    assert monitor.summary()["kept_step"] == 4
+    a, b = _tensors(last), _tensors(plain)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # validation itself changes nothing
+
+
+def test_resume_keeps_the_best_step(tmp_path):
+    prompts = fake_prompts(8, k=3)
+    accuracies = [0.5, 0.9, 0.6, 0.7, 0.8]
+    reference = tiny_llama()
+    ref_monitor = ValidationMonitor(_scripted(accuracies), every=1, keep="best")
+    train(reference, prompts, TrainConfig(**CFG), 0, LABEL_TOKENS, monitor=ref_monitor)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(record):
+        if record.step == 2:
+            raise Stop
+
+    model = tiny_llama()
+    with pytest.raises(Stop):
+        train(
+            model,
+            prompts,
+            TrainConfig(**CFG),
+            0,
+            LABEL_TOKENS,
+            on_step=stop_after_2,
+            checkpoint_dir=tmp_path,
+            monitor=ValidationMonitor(_scripted(accuracies), every=1, keep="best"),
+        )
+    resumed = tiny_llama()  # a fresh process: weights from the checkpoint, scores continue at step 3
+    monitor = ValidationMonitor(_scripted(accuracies[3:]), every=1, keep="best")
+    train(resumed, prompts, TrainConfig(**CFG), 0, LABEL_TOKENS, checkpoint_dir=tmp_path, monitor=monitor)
+    assert monitor.summary() == ref_monitor.summary() and monitor.summary()["kept_step"] == 1
+    a, b = _tensors(resumed), _tensors(reference)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------------------- validation prompts
+def test_validation_prompts_are_apart_from_training_and_test_prompts():
+    ds = D.load_dataset("sst2")
+    val = D.validation_pairs(ds, 4, 256)
+    train_q = {q for _, q in D.train_pairs(ds, 4, 512, seed=0)}
+    test_q = {q for _, q in D.test_pairs(ds, 4, 1024)}
+    val_q = {q for _, q in val}
+    assert not val_q & train_q and not val_q & test_q
+    text = [t for t, _ in ds.rows]  # the same sentence under another index would leak too
+    assert not {text[q] for q in val_q} & {text[q] for q in test_q | train_q}
+
+
+def test_run_records_the_recipe_and_the_validation_curve(patch_runner, tmp_path, capsys):
+    patch_runner()
+    out = tmp_path / "run"
+    args = ["run", "--k", "2", "--train-samples", "8", "--pseudo-batch-size", "4", "--epochs", "1"]
+    assert main([*args, "--test-samples", "8", "--val-samples", "6", "--val-every", "1", "--output", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert config["train"]["recipe"] == "auto" and config["train"]["keep"] == "best"
+    assert config["train"]["lr"] == config["recipe_choices"]["lr"] > 0 and "val_samples" not in config["recipe_choices"]
+    assert metrics["validation"]["prompts"] == 6 and [r["step"] for r in metrics["validation"]["curve"]] == [0, 1, 2]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all("val_accuracy" in r for r in log)
+    printed = capsys.readouterr().out
+    assert "recipe auto: lr" in printed and f"--lr {config['train']['lr']:g} --val-samples 6" in printed
+    assert "95% interval" in printed and "change" in printed and "fewer than StaICC's 1024" in printed

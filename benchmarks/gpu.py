@@ -668,9 +668,10 @@ def print_table(results: dict) -> None:
         print(f"scoring batch {r['batch']}: {r['prompts_per_s']:.1f} prompts/s, {r['peak_fraction']:.2f} of peak")
     for r in _rows(sections, "protocol"):
         print(f"protocol: {r['seconds_after_loading']:.1f} s after loading (train steps {r['step_seconds_sum']:.1f} s)")
-    tests = sections.get("tests", {})
-    counts = ", ".join(f"{tests.get(key)} {key}" for key in ("tests", "failures", "errors", "skipped"))
-    print(f"cuda tests: {counts}; failed: {tests.get('failed')}")
+    if "tests" in sections:
+        tests = sections["tests"]
+        counts = ", ".join(f"{tests.get(key)} {key}" for key in ("tests", "failures", "errors", "skipped"))
+        print(f"cuda tests: {counts}; failed: {tests.get('failed')}")
     print("\ntargets (8B shape):")
     for t in results["targets"]:
         met = {None: "not measured", True: "met", False: "NOT met"}[t["met"]]

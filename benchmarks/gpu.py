@@ -336,6 +336,8 @@ def measure_steps(section: Section, shape: str, plan: Plan, peak: float, lora_r:
                     else:
                         got = reference_step(model, prompts, labels, plan, micro)
                 except torch.OutOfMemoryError:
+                    for p in model.parameters():  # an interrupted step leaves its gradients behind
+                        p.grad = None
                     section.add(**row, status="out of memory")
                     continue
                 speed = got["examples_per_step"] / got["step_s"]

@@ -13,7 +13,8 @@ the budget; a section at its cap stops starting new measurements and keeps what 
     scoring    score_prompts on the 8B shape: prompts/s and fraction of the matmul peak
     protocol   the whole `abft run` with paper defaults (512 training prompts x 2 epochs = 1024 examples,
                2 x 1024 test prompts, heads, report) on the 8B shape with the SmolLM2 tokenizer (the random
-               model's vocabulary sized to it) and StaICC's SST-2; accuracy ignored
+               model's vocabulary sized to it) and StaICC's SST-2, accuracy ignored; but --checkpoint-every 32
+               (one ~4 GB write instead of 32, each write timed, so the default's cost is known)
     quantized  --quantized (4-bit NF4 base + LoRA r 16) on the 8B shape, when bitsandbytes imports
 Step and scoring prompts are synthetic (random tokens, label tokens at the demonstration ends): with random
 weights only the shapes matter. Writes benchmarks/gpu/<date>-<device>.json (a copy into $OUT when set) and
@@ -23,9 +24,11 @@ A GPU session (one H200; 15 minutes of device time, the machine's start included
     here:    make bench-gpu-carry
              # .gpu/ (git-ignored, ~50 MB): the SmolLM2 tokenizer, StaICC's SST-2 file, the bitsandbytes wheel
     device:  run(command="PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py", carry=[".gpu"], timeout_s=600)
+             # (`make bench-gpu` there does the same where make exists; the device has no venv and no network)
     here:    cp <files_at>/*.json benchmarks/gpu/, then the table into benchmarks/RESULTS.md
-On an H200 the caps add up to 520 s (8.7 minutes; CAPS below), well inside one 600 s call; the expected
-time is lower (the 8B step at ~40% of peak takes ~0.1-1 s per step).
+On an H200 the caps add up to 520 s (8.7 minutes; CAPS below) and the machine's start takes 1-2 minutes, so
+the first call leaves ~4 minutes: rerun only a failed section (`--sections NAME`), at once, then give the
+machine back. The table is printed last, inside the tool's 12,000-character output tail.
 
     python benchmarks/gpu.py --tiny     # the same code on CPU in a tiny shape (tests/unit/test_gpu_script.py)
     python benchmarks/gpu.py --sections steps-8b scoring

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean chromium
+.PHONY: setup demo test lint bench bench-gpu bench-gpu-carry clean chromium
 
 setup: $(STAMP)
 
@@ -38,6 +38,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# On a GPU machine (no venv, no network there: its python3 and the .gpu/ that bench-gpu-carry prepared here).
+# See benchmarks/gpu.py for the device call and what to carry.
+bench-gpu:
+	PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py
+
+bench-gpu-carry: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py --carry
 
 clean:
 	rm -rf $(VENV)

@@ -91,7 +91,7 @@ class TrainConfig:
     lora_r: int = opt(
         0,
         "LoRA rank on the query/key projections only (0: train W_Q/W_K themselves); the paper used r 16 with "
-        "--lr 1e-4, and --lr keeps its own value",
+        "lr 1e-4, which both recipes then use unless --lr is given",
     )
     lora_alpha: float = opt(32.0, "LoRA alpha (the update is scaled by alpha / r)")
     lora_dropout: float = opt(0.0, "dropout on the LoRA input (0 keeps training deterministic)")

@@ -32,6 +32,7 @@ from .errors import UserError
 from .models.lora import add_lora, has_lora
 from .models.params import find_qk_slices, mark_trainable, zero_inactive_heads
 from .objectives import ABFTObjective, e2e_loss
+from .precision import MasterWeights
 from .progress import progress_bar
 from .recipe import resolve as resolve_recipe
 from .validation import ValidationMonitor
@@ -114,7 +115,8 @@ def train(
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model)
     model.train()
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    masters = MasterWeights(params)  # fp32 copies of bf16/fp16 tensors for Adam (the tensors themselves in fp32)
+    optimizer = torch.optim.Adam(masters.tensors, lr=cfg.lr)
     controller = PenaltyController(
         cfg.adaptive_penalty, cfg.penalty, cfg.reward, cfg.p_factor, tuple(cfg.pid), cfg.clamp_penalty
     )
@@ -127,9 +129,10 @@ def train(
     state = distributed.broadcast_object(state)
     if state is not None:
         with torch.no_grad():
-            for p, value in zip(params, state["params"], strict=True):
-                distributed.local(p).copy_(distributed.local(distributed.like(value.to(p.dtype), p)))
-        optimizer.load_state_dict(_optimizer_shares(state["optimizer"], params))
+            for m, value in zip(masters.tensors, state["params"], strict=True):
+                distributed.local(m).copy_(distributed.local(distributed.like(value.to(m.dtype), m)))
+        masters.weights_out()
+        optimizer.load_state_dict(_optimizer_shares(state["optimizer"], masters.tensors))
         controller.load_state_dict(state["controller"])
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():  # dropout on GPU (LoRA) draws from these
@@ -194,8 +197,10 @@ def train(
                     raise TrainingDiverged(
                         f"gradients became {grad_norm} at step {step}; the last good checkpoint is kept; lower --lr"
                     )
+                masters.grads_in()
                 optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                masters.weights_out()
+                masters.zero_grad()
                 record = StepRecord(
                     step,
                     epoch,
@@ -217,7 +222,7 @@ def train(
                 if checkpoint_dir and (step % checkpoint_every == 0 or step == len(plan)):
                     # whole tensors (FSDP shares gathered by every process), so any process count can resume
                     state = {
-                        "params": [distributed.full(p.detach()).cpu() for p in params],
+                        "params": [distributed.full(m.detach()).cpu() for m in masters.tensors],
                         "optimizer": _whole(optimizer.state_dict()),
                         "controller": controller.state_dict(),
                         "rng": torch.get_rng_state(),

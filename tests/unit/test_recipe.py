@@ -171,10 +171,11 @@ def test_validation_prompts_are_apart_from_training_and_test_prompts():
     assert not {text[q] for q in val_q} & {text[q] for q in test_q | train_q}
 
 
-def test_run_records_the_recipe_and_the_validation_curve(patch_runner, tmp_path, capsys):
-    patch_runner()
+@pytest.mark.parametrize("method", ["abft", "e2e"])
+def test_run_records_the_recipe_and_the_validation_curve(patch_runner, tmp_path, capsys, method):
+    patch_runner()  # the toy dataset stands for a user's: its own demonstration split gives the validation prompts
     out = tmp_path / "run"
-    args = ["run", "--k", "2", "--train-samples", "8", "--pseudo-batch-size", "4", "--epochs", "1"]
+    args = ["run", "--method", method, "--k", "2", "--train-samples", "8", "--pseudo-batch-size", "4", "--epochs", "1"]
     assert main([*args, "--test-samples", "8", "--val-samples", "6", "--val-every", "1", "--output", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())

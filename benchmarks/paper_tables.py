@@ -10,14 +10,14 @@ recipe chose, the validation curve's kept step, wall time, the command). A cell 
 an interrupted run directory (under --runs, default runs/paper) is resumed with `abft run --resume`. Run
 directories are scratch: only the committed JSON counts, so a later session continues from the files.
 
-Order: the most informative cells first (issue 13's check of the default recipe: four datasets on the
-embedded model, SST-2 on Gemma-3-270M), then Table 1's other cells.
+Order: the most informative cells first: issue 13's check of the default recipe (four datasets on the
+embedded model, SST-2 on Gemma-3-270M), E2E and calibration on the same four, one run per (dataset, method)
+with every protocol for Tables 2-3 and unseen labels, the ablations, then the other datasets, seed 1, Gemma.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -57,24 +57,39 @@ class Cell:
 
 
 def cells() -> list[Cell]:
-    """Every cell, in the order they are run."""
-    out = []
+    """Every cell, in the order they are run: what decides a claim first."""
     short = {EMBEDDED: "smollm2", GEMMA: "gemma"}
-    # Table 1 with the default recipe. A run's `before` stage is vanilla ICL (--reuse-fore-test: ABFT and E2E
-    # share it); contextual calibration of the base model is an `abft evaluate --calibration` cell.
-    common = ("--reuse-fore-test",)
-    plan = [(EMBEDDED, d, "abft", 0) for d in PAPER_DATASETS[:4]] + [(GEMMA, "sst2", "abft", 0)]
-    plan += [(EMBEDDED, d, "e2e", 0) for d in PAPER_DATASETS[:4]]
-    plan += [(EMBEDDED, d, m, 0) for d in PAPER_DATASETS[4:] for m in ("abft", "e2e")]
-    plan += [(EMBEDDED, d, m, 1) for d in PAPER_DATASETS for m in ("abft", "e2e")]
-    plan += [(GEMMA, d, m, 0) for d in PAPER_DATASETS[:4] for m in ("abft", "e2e") if (d, m) != ("sst2", "abft")]
-    for model, dataset, method, seed in plan:
-        args = (*common, "--method", method, "--seed", str(seed))
-        out.append(Cell(f"t1-{short[model]}-{dataset}-{method}-s{seed}", "table1", model, dataset, args))
-    for model in (EMBEDDED, GEMMA):
-        for dataset in PAPER_DATASETS if model == EMBEDDED else PAPER_DATASETS[:4]:
-            cell = Cell(f"t1-{short[model]}-{dataset}-calibration", "table1", model, dataset, ("--calibration",))
-            out.append(dataclasses.replace(cell, verb="evaluate"))
+    first4, rest = PAPER_DATASETS[:4], PAPER_DATASETS[4:]
+
+    def t1(model, dataset, method, seed=0):  # Table 1: a run's `before` is vanilla ICL, shared by ABFT and E2E
+        args = ("--reuse-fore-test", "--method", method, "--seed", str(seed))
+        return Cell(f"t1-{short[model]}-{dataset}-{method}-s{seed}", "table1", model, dataset, args)
+
+    def calibration(model, dataset):  # Table 1's contextual-calibration column: the base model only
+        args = ("--calibration",)
+        return Cell(f"t1-{short[model]}-{dataset}-calibration", "table1", model, dataset, args, verb="evaluate")
+
+    def t23(dataset, method):  # Tables 2 and 3 and unseen labels: one training run, every protocol before/after
+        args = ("--method", method, "--generalization-test", "--unseen-label-test", "--test-type", "normal")
+        args += ("template", "demo")
+        return Cell(f"t23-smollm2-{dataset}-{method}-s0", "table2,table3,unseen", EMBEDDED, dataset, args)
+
+    ablations = {"no-pid": ("--adaptive-penalty", "none"), "no-filter": ("--no-head-filter",)}
+    ablations |= {"a0": ("--wrong-label-penalty", "0"), "b0": ("--correct-label-reward", "0")}
+
+    out = [t1(EMBEDDED, d, "abft") for d in first4] + [t1(GEMMA, "sst2", "abft")]  # issue 13's check
+    out += [t1(EMBEDDED, d, "e2e") for d in first4]
+    out += [calibration(EMBEDDED, d) for d in first4]
+    out += [t23(d, m) for d in first4 for m in ("abft", "e2e")]
+    out += [
+        Cell(f"abl-smollm2-{d}-{name}", "ablation", EMBEDDED, d, ("--reuse-fore-test", *args))
+        for d in ("sst2", "rotten_tomatoes")
+        for name, args in ablations.items()
+    ]
+    out += [t1(EMBEDDED, d, m) for d in rest for m in ("abft", "e2e")] + [calibration(EMBEDDED, d) for d in rest]
+    out += [t1(EMBEDDED, d, m, seed=1) for d in PAPER_DATASETS for m in ("abft", "e2e")]
+    out += [t1(GEMMA, d, m) for d in first4 for m in ("abft", "e2e") if (d, m) != ("sst2", "abft")]
+    out += [calibration(GEMMA, d) for d in first4]
     return out
 
 
@@ -88,6 +103,9 @@ def summarize(cell: Cell, run_dir: Path, command: list[str], seconds: float) -> 
         if "calibration" in metrics[s]:
             stage[s]["calibrated_accuracy"] = metrics[s]["calibration"]["calibrated"]["accuracy"]
             stage[s]["calibrated_macro_f1"] = metrics[s]["calibration"]["calibrated"]["macro_f1"]
+        for key in ("template", "demo", "unseen_label", "generalization"):  # Tables 2-3, unseen labels
+            if key in metrics[s]:
+                stage[s][key] = metrics[s][key]
     validation = metrics.get("validation", {})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {
@@ -107,6 +125,7 @@ def summarize(cell: Cell, run_dir: Path, command: list[str], seconds: float) -> 
         "validation": {k: validation[k] for k in ("prompts", "kept_step", "best_accuracy", "base_accuracy")}
         if validation
         else None,
+        "in_vs_out_of_domain": metrics.get("generalization"),
         "validation_curve": [[r["step"], r["accuracy"]] for r in validation.get("curve", [])],
         "wall_seconds": round(seconds),
         "date": time.strftime("%Y-%m-%d"),

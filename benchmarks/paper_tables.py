@@ -167,13 +167,40 @@ def _commit(path: Path, message: str, tries: int = 5) -> None:
     print(f"warning: could not commit {path}; commit it by hand", flush=True)
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown rows of finished training cells: accuracy +- standard error before / after, macro-F1, copying."""
+    out = [
+        "| cell | test prompts | accuracy before -> after (+- s.e.) | change | macro-F1 | copies last label "
+        "| lr | kept step (val acc. base -> kept) | wall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "after" not in r:
+            continue
+        b, a, v = r["before"], r["after"], r.get("validation") or {}
+        kept = f"{v['kept_step']} ({v['base_accuracy']:.3f} -> {v['best_accuracy']:.3f})" if v else "last"
+        out.append(
+            f"| {r['cell']} | {a['prompts']} | {b['accuracy']:.3f} +- {b['accuracy_se']:.3f} -> "
+            f"**{a['accuracy']:.3f}** +- {a['accuracy_se']:.3f} | {a['accuracy'] - b['accuracy']:+.3f} | "
+            f"{b['macro_f1']:.3f} -> {a['macro_f1']:.3f} | {b['copies_last_label']:.2f} -> "
+            f"{a['copies_last_label']:.2f} | {r['train']['lr']:g} | {kept} | {r['wall_seconds'] / 60:.1f} min |"
+        )
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run only cells whose id starts with this")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "paper", help="scratch run directories")
     parser.add_argument("--commit", action="store_true", help="git commit each cell's JSON as it lands")
     parser.add_argument("--list", action="store_true", help="list the cells and stop")
+    parser.add_argument("--table", action="store_true", help="print the finished cells as a markdown table")
     args = parser.parse_args()
+    if args.table:
+        ids = [c.id for c in cells() if c.id.startswith(args.only)]
+        rows = [json.loads((OUT / f"{i}.json").read_text()) for i in ids if (OUT / f"{i}.json").is_file()]
+        print(table(rows))
+        return
     todo = [c for c in cells() if c.id.startswith(args.only)]
     for cell in todo:
         done = (OUT / f"{cell.id}.json").is_file()

@@ -24,6 +24,7 @@ HERE = Path(__file__).parent
 FLAGS = ["--dataset", "sst2", "--k", "2", "--train-samples", "12", "--pseudo-batch-size", "8", "--epochs", "1"]
 FLAGS += ["--micro-batch-size", "1", "--test-samples", "10", "--eval-batch-size", "4", "--lr", "1e-3"]
 FLAGS += ["--no-head-filter", "--wrong-label-penalty", "0.3"]
+FLAGS += ["--val-samples", "4", "--keep", "last"]  # validation scored collectively, the trained weights kept
 
 
 @pytest.fixture(scope="module")

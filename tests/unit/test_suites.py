@@ -437,16 +437,17 @@ def test_no_prompt_set_is_built_twice_per_run(tiny_run, tmp_path, monkeypatch):
     assert main(["run", *tiny_run, *TRAIN, *ALL_FLAGS, "--output", str(tmp_path / "run")]) == 0
     assert at_run == [len(built)]  # nothing is built once the run has started (neither stage)
     assert len(built) == len(set(built))  # no set twice
-    # test + train prompts, 8 templates (template 0 = the test prompts), demo, 8 paper datasets (the toy one is the
+    # test + train + validation prompts, 8 templates (template 0 = the test prompts), demo, 8 paper datasets (the toy one is the
     # test prompts), unseen + 0-shot, contextual (= content-free "") + domain + 1 noise level (k = 1: wrong labels
     # 0, 0, 0, 0, 1), content-free "N/A" and "[MASK]"
-    assert len(built) == 2 + 8 + 1 + 8 + 2 + 3 + 2
+    assert len(built) == 3 + 8 + 1 + 8 + 2 + 3 + 2
 
 
 def test_default_and_template_only_runs(tiny_run, tmp_path):
     assert main(["evaluate", *tiny_run, "--output", str(tmp_path / "plain")]) == 0
     plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
-    normal_keys = {"accuracy", "macro_f1", "true_label_likelihood", "ece", "copies_last_label", "prompts"}
+    normal_keys = {"accuracy", "accuracy_se", "macro_f1", "true_label_likelihood", "ece", "copies_last_label"}
+    normal_keys.add("prompts")
     assert set(plain["before"]) == normal_keys  # no new protocol runs by default
     assert main(["evaluate", *tiny_run, "--test-type", "template", "--output", str(tmp_path / "tpl")]) == 0
     tpl = json.loads((tmp_path / "tpl" / "metrics.json").read_text())

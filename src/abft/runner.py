@@ -130,10 +130,11 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     if fsdp:  # the whole model on the main process's CPU only; shard_model sends every process its share
         device, dtype = "cpu", dtype or ("bf16" if torch.cuda.is_available() else "fp32")
     if fsdp:  # the others read the configuration once the main process has converted / downloaded the model
-        loaded = distributed.on_main(lambda: load_model(cfg.model.model, device, dtype))
-        model, tokenizer = loaded if loaded is not None else load_model(cfg.model.model, "meta", dtype)
+        trust = cfg.model.trust_remote_code
+        loaded = distributed.on_main(lambda: load_model(cfg.model.model, device, dtype, trust_remote_code=trust))
+        model, tokenizer = loaded if loaded is not None else load_model(cfg.model.model, "meta", dtype, trust_remote_code=trust)
     else:
-        model, tokenizer = load_model(cfg.model.model, device, dtype, cfg.model.quantized)
+        model, tokenizer = load_model(cfg.model.model, device, dtype, cfg.model.quantized, cfg.model.trust_remote_code)
     if train and cfg.train.lora_r:  # before anything reads W_Q/W_K (the report's snapshot)
         add_lora(model, cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
     if fsdp:

@@ -60,7 +60,8 @@ def load_setup(cfg: RunConfig):
     from ..models import load_model
 
     dataset = load_any(cfg.data.dataset)
-    model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype, cfg.model.quantized)
+    m = cfg.model
+    model, tokenizer = load_model(m.model, m.device, m.dtype, m.quantized, m.trust_remote_code)
     info = dataset.info
     builder = PromptBuilder(tokenizer, info.label_words, default_template(info), cfg.data.label_token_mode)
     return model, tokenizer, builder, dataset

@@ -17,6 +17,7 @@ import torch
 
 from . import distributed
 from .config import RunConfig, check_at_least
+from .configcheck import checked_config
 from .data import PromptBuilder, default_template, load_any, test_pairs, train_pairs
 from .errors import UserError
 from .evaluation import fore_cache, suites
@@ -29,6 +30,7 @@ from .models.params import BaseWeights, save_trained
 from .objectives import ABFTObjective
 from .report.snapshot import RunSnapshot
 from .rundir import RunDir, atomic_write
+from .signals import interrupted
 from .train import StepRecord
 from .train import train as train_model
 
@@ -42,14 +44,16 @@ def default_output(cfg: RunConfig, train: bool = True, what: str | None = None) 
     return Path("runs") / f"{name}-{what}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resume(run_dir: str | Path, log=print) -> dict:
-    """Continue an interrupted `abft run` from its last checkpoint, with the configuration it was started with."""
+def resume(run_dir: str | Path, log=print, changes: dict | None = None) -> dict:
+    """Continue an interrupted `abft run` from its last checkpoint, with the configuration it was started with
+    (checked like CLI input and against its fingerprint); `changes`: configcheck.RESUME_FLAGS, e.g. {"lr": 1e-5}."""
     distributed.init()
-    config = distributed.broadcast_object(RunDir(Path(run_dir)).read_json("config.json"))
-    if config is None:
-        raise UserError(f"{run_dir} has no config.json; nothing to resume")
-    cfg = RunConfig.from_dict(config)
+    config = distributed.broadcast_object(distributed.on_main(lambda: RunDir.resumable_config(run_dir)))
+    cfg = checked_config(config)
     cfg.output = str(run_dir)
+    for name, value in (changes or {}).items():
+        log(f"resume: {name} {getattr(cfg.train, name)} -> {value}")
+        setattr(cfg.train, name, value)
     return run(cfg, train=config.get("command", "run") == "run", resume_run=True, log=log)
 
 
@@ -82,13 +86,10 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
     try:
         metrics = _run(cfg, job, out, log)
         out.set_state("finished")
+        out.release()
     except BaseException as exc:
-        error = _write_error(exc, out.path) or exc
-        try:  # best effort: on a full disk even status.json may not be writable
-            out.set_state("failed", error=str(error).splitlines()[0] if str(error) else type(error).__name__)
-        except OSError:
-            pass
-        out.remove_temporaries()
+        error = _write_error(exc, out.path) or interrupted(exc, out.path) or exc
+        out.record_stop(error)  # failed, or interrupted (Ctrl-C, SIGTERM); temporaries removed, lock released
         if error is not exc:
             raise error from exc
         raise
@@ -130,9 +131,9 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     if fsdp:  # the whole model on the main process's CPU only; shard_model sends every process its share
         device, dtype = "cpu", dtype or ("bf16" if torch.cuda.is_available() else "fp32")
     if fsdp:  # the others read the configuration once the main process has converted / downloaded the model
-        trust = cfg.model.trust_remote_code
-        loaded = distributed.on_main(lambda: load_model(cfg.model.model, device, dtype, trust_remote_code=trust))
-        model, tokenizer = loaded if loaded is not None else load_model(cfg.model.model, "meta", dtype, trust_remote_code=trust)
+        trust = {"trust_remote_code": cfg.model.trust_remote_code}
+        loaded = distributed.on_main(lambda: load_model(cfg.model.model, device, dtype, **trust))
+        model, tokenizer = loaded if loaded is not None else load_model(cfg.model.model, "meta", dtype, **trust)
     else:
         model, tokenizer = load_model(cfg.model.model, device, dtype, cfg.model.quantized, cfg.model.trust_remote_code)
     if train and cfg.train.lora_r:  # before anything reads W_Q/W_K (the report's snapshot)
@@ -194,7 +195,7 @@ def _validate(cfg: RunConfig, train: bool) -> None:
 
 def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     train = job.train is not None
-    out.write_json("config.json", {**dataclasses.asdict(cfg), "command": "run" if train else "evaluate"})
+    out.write_config({**dataclasses.asdict(cfg), "command": "run" if train else "evaluate"})
     model, tokenizer, test, info = job.model, job.tokenizer, job.test, job.dataset.info
     pad = tokenizer.pad_token_id
     labels = job.builder.label_token_ids

@@ -25,7 +25,7 @@ import torch
 from . import distributed
 from .attention import capture_last_row, use_last_row_attention
 from .batching import collate
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_state, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .control import PenaltyController
 from .errors import UserError
@@ -120,10 +120,12 @@ def train(
     state = load_checkpoint(checkpoint_dir) if checkpoint_dir and distributed.is_main() else None
     state = distributed.broadcast_object(state)
     if state is not None:
+        check_state(state, params, len(plan), checkpoint_dir, StepRecord.__dataclass_fields__)
         with torch.no_grad():
             for p, value in zip(params, state["params"], strict=True):
                 distributed.local(p).copy_(distributed.local(distributed.like(value.to(p.dtype), p)))
         optimizer.load_state_dict(_optimizer_shares(state["optimizer"], params))
+        optimizer.param_groups[0]["lr"] = cfg.lr  # the run's lr, changed with --resume --lr after a divergence
         controller.load_state_dict(state["controller"])
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():  # dropout on GPU (LoRA) draws from these

@@ -11,9 +11,21 @@ import os
 from pathlib import Path
 
 import pytest
-from test_bad_input import SMALL, _fails, data_csv, model_dir  # noqa: F401 - fixtures
+from test_bad_input import SMALL, _fails, _rows
 
 from abft.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_word_model_dir):
+    return tiny_word_model_dir
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    path.write_text(_rows(400))
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +117,72 @@ def test_model_with_missing_weights_is_refused_naming_them(capsys, tmp_path, mod
     else:
         config = json.loads((broken / "config.json").read_text())
         (broken / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 6}))
-    line = _fails(capsys, _run(broken, data_csv, tmp_path / "out"), "weight tensor(s) its config.json needs (model.layers.")
+    argv = _run(broken, data_csv, tmp_path / "out")
+    line = _fails(capsys, argv, "weight tensor(s) its config.json needs (model.layers.")
     assert ("model.layers.1." if damage == "a layer removed" else "model.layers.2.") in line
     assert not (tmp_path / "out").exists()
+
+
+# -------------------------------------------------------------------------------------- run directories
+def _tree(root: Path) -> dict:
+    """Every path under `root` with its content hash and mtime: what a command must leave unchanged."""
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): (
+            p.stat().st_mtime_ns,
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "",
+        )
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_overwrite_refuses_a_directory_abft_did_not_create(capsys, tmp_path, model_dir, data_csv):
+    """A status.json with a "state" is not enough: without abft's marker nothing is deleted."""
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "status.json").write_text('{"state": "finished"}')
+    (notes / "notes.txt").write_text("mine")
+    (notes / "sub" / "more.txt").write_text("mine too")
+    before = _tree(notes)
+    _fails(capsys, _run(model_dir, data_csv, notes, "--overwrite"), "no .abft-run marker: abft did not create it")
+    assert _tree(notes) == before
+
+
+def test_a_live_run_locks_its_directory_against_every_second_writer(capsys, tmp_path, model_dir, data_csv):
+    from abft.rundir import RunDir
+
+    out = tmp_path / "run"
+    live = RunDir.create(out)  # this process's run, still going
+    live.write_config({"command": "run"})
+    before = _tree(out)
+    _fails(capsys, _run(model_dir, data_csv, out, "--overwrite"), "is in use by a running abft process")
+    _fails(capsys, ["run", "--resume", str(out)], "is in use by a running abft process")
+    with pytest.raises(Exception, match="in use"):
+        RunDir.create(out, overwrite=True)
+    assert _tree(out) == before
+    live.release()
+    assert main(_run(model_dir, data_csv, out, "--overwrite", "--no-fore-test", "--no-post-test")) == 0
+
+
+def test_a_killed_run_leaves_no_stale_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    code = f"from abft.rundir import RunDir; RunDir.create({str(out)!r}); print('locked', flush=True); input()"
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        from abft.errors import UserError
+        from abft.rundir import RunDir
+
+        with pytest.raises(UserError, match="in use"):
+            RunDir.check_resumable(out)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    RunDir.check_resumable(out)  # the OS released the lock with the process
+    assert RunDir.reopen(out).state() == "running"

@@ -114,19 +114,42 @@ def _converted(gguf: Path) -> Path:
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        remove_dead_conversions(target.parent)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{os.getpid()}-"))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
-    except OSError as exc:
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a full disk: no half-written copy (hundreds of MB) is left
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(exc, OSError):
+            raise
         if not (target / "config.json").is_file():  # another process may have won the race
             raise UserError(
                 f"cannot write the dequantised model to {target.parent} ({exc.strerror}); free disk space or set "
                 "ABFT_CACHE to a writable directory"
             ) from exc
     return target
+
+
+def remove_dead_conversions(models: Path) -> None:
+    """Delete the `.tmp-<pid>-*` directories of conversions whose process is gone (killed with SIGKILL, or an
+    abft before the pid was in the name); a live process's conversion is left alone."""
+    for tmp in models.glob(".tmp-*"):
+        pid = tmp.name.split("-")[1]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def default_device() -> str:

@@ -186,3 +186,186 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
         child.kill()
     RunDir.check_resumable(out)  # the OS released the lock with the process
     assert RunDir.reopen(out).state() == "running"
+
+
+# ------------------------------------------------------------------------------ checkpoints and configs
+@pytest.fixture
+def failed_run(capsys, tmp_path, model_dir, data_csv, monkeypatch):
+    """A run whose loss became NaN at step 2 of 2: status failed, a checkpoint after step 1."""
+    import abft.train
+
+    class Diverging(abft.train.ABFTObjective):
+        calls = 0
+
+        def __call__(self, *args, **kwargs):
+            loss, heads = super().__call__(*args, **kwargs)
+            Diverging.calls += 1
+            return (loss * float("nan") if Diverging.calls >= 2 else loss), heads
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        mp.setattr(abft.train, "ABFTObjective", Diverging)
+        assert main(_run(model_dir, data_csv, out, "--no-fore-test", "--no-post-test")) == 2
+    capsys.readouterr()
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+    return out
+
+
+def _edit_checkpoint(run: Path, edit) -> None:
+    import torch
+
+    path = run / "checkpoint" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+
+
+def _zero_one(state):
+    import torch
+
+    state["params"][0] = torch.zeros(1)
+
+
+def _drop_one(state):
+    state["params"].pop()
+
+
+def _many_records(state):
+    state["records"] = [{**state["records"][0], "step": n} for n in range(1, 53)]
+
+
+def _half_precision_shape(state):
+    state["params"][1] = state["params"][1][:1]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_zero_one, "tensor 0 is (1,) torch.float32, the parameter"),
+        (_drop_one, "tensors for"),
+        (_many_records, "52 step records for a plan of 2 steps"),
+        (_half_precision_shape, "tensor 1 is (1,"),
+    ],
+)
+def test_tampered_checkpoint_is_refused(capsys, failed_run, edit, message):
+    _edit_checkpoint(failed_run, edit)
+    before = _tree(failed_run)
+    line = _fails(capsys, ["run", "--resume", str(failed_run)], message)
+    assert "does not belong to this run" in line
+    after = _tree(failed_run)  # config.json rewritten as it was, status.json says why the resume failed
+    assert {k: v[1] for k, v in after.items() if k != "status.json"} == {
+        k: v[1] for k, v in before.items() if k != "status.json"
+    }
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: {}, "is not the configuration this run was started with"),
+        (lambda c: {**c, "train": {**c["train"], "lr": 0.5}}, "is not the configuration this run was started with"),
+        (lambda c: {**c, "data": {**c["data"], "k": 4}}, "is not the configuration this run was started with"),
+        (lambda c: [c], "no readable config.json"),
+    ],
+)
+def test_edited_config_is_refused_on_resume(capsys, failed_run, edit, message):
+    config = json.loads((failed_run / "config.json").read_text())
+    (failed_run / "config.json").write_text(json.dumps(edit(config)))
+    before = _tree(failed_run)
+    _fails(capsys, ["run", "--resume", str(failed_run)], message)
+    assert _tree(failed_run) == before
+
+
+def test_config_of_the_wrong_type_is_refused_even_with_a_matching_fingerprint(capsys, failed_run):
+    """Its fingerprint recomputed (as a user could): still checked like command-line input."""
+    from abft.rundir import config_fingerprint
+
+    config = json.loads((failed_run / "config.json").read_text())
+    config["data"]["k"] = "two"
+    status = json.loads((failed_run / "status.json").read_text())
+    (failed_run / "config.json").write_text(json.dumps(config))
+    (failed_run / "status.json").write_text(json.dumps({**status, "config_sha256": config_fingerprint(config)}))
+    _fails(capsys, ["run", "--resume", str(failed_run)], "'data.k' must be int, got 'two'")
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.lr", 1e39, "--lr must be at most 1.0"),
+        ("train.method", "sgd", "'train.method' must be one of ['abft', 'e2e']"),
+        ("train.pid", [1, 2], "'train.pid' must be 3 float values"),
+        ("eval.test_type", ["normal", "nope"], "'eval.test_type' must be one or more str values"),
+        ("checkpoint_every", 0, "--checkpoint-every must be at least 1"),
+        ("seed", True, "'seed' must be int"),
+        ("bogus", 1, "unknown keys ['bogus']"),
+    ],
+)
+def test_config_values_are_checked_like_flags(capsys, failed_run, key, value, message):
+    from abft.rundir import config_fingerprint
+
+    config = json.loads((failed_run / "config.json").read_text())
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = value
+    status = json.loads((failed_run / "status.json").read_text())
+    (failed_run / "config.json").write_text(json.dumps(config))
+    (failed_run / "status.json").write_text(json.dumps({**status, "config_sha256": config_fingerprint(config)}))
+    _fails(capsys, ["run", "--resume", str(failed_run)], message)
+
+
+def test_resume_refuses_flags_it_would_ignore(capsys, failed_run):
+    before = _tree(failed_run)
+    _fails(capsys, ["run", "--resume", str(failed_run), "--k", "3"], "--k cannot be given with --resume")
+    _fails(capsys, ["run", "--resume", str(failed_run), "--overwrite"], "--overwrite cannot be given with --resume")
+    assert _tree(failed_run) == before
+
+
+def test_resume_with_a_lower_lr_applies_it_to_adam_and_records_it(capsys, failed_run, monkeypatch):
+    import torch
+
+    used = []
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(
+        torch.optim.Adam, "step", lambda self, *a, **k: used.append(self.param_groups[0]["lr"]) or step(self, *a, **k)
+    )
+    assert main(["run", "--resume", str(failed_run), "--lr", "1e-6"]) == 0
+    assert used == [1e-6]
+    assert json.loads((failed_run / "config.json").read_text())["train"]["lr"] == 1e-6
+    log = [json.loads(line) for line in (failed_run / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr"]) for r in log] == [(1, 2e-5), (2, 1e-6)]
+
+
+# --------------------------------------------------------------------------------- signals, leftovers
+def test_sigterm_is_recorded_like_ctrl_c_and_resume_cleans_temporaries(
+    capsys, tmp_path, model_dir, data_csv, monkeypatch
+):
+    import signal
+
+    import abft.train
+
+    class Killed(abft.train.ABFTObjective):
+        def __call__(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return super().__call__(*args, **kwargs)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        mp.setattr(abft.train, "ABFTObjective", Killed)
+        assert main(_run(model_dir, data_csv, out, "--no-fore-test", "--no-post-test")) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"abft: interrupted; continue with `abft run --resume {out}`"
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted" and f"abft run --resume {out}" in status["error"]
+    leftover = out / ".metrics.json.x1y2.tmp"  # as a SIGKILL mid-write leaves it
+    leftover.write_text("{")
+    assert main(["run", "--resume", str(out)]) == 0
+    assert not leftover.exists() and json.loads((out / "status.json").read_text())["state"] == "finished"
+
+
+def test_dead_gguf_conversions_are_removed_live_ones_kept(tmp_path):
+    from abft.models.loading import remove_dead_conversions
+
+    dead, live, old = tmp_path / ".tmp-999999999-ab", tmp_path / f".tmp-{os.getpid()}-cd", tmp_path / ".tmp-x9"
+    for d in (dead, live, old):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"0" * 10)
+    remove_dead_conversions(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]

@@ -369,3 +369,89 @@ def test_dead_gguf_conversions_are_removed_live_ones_kept(tmp_path):
         (d / "model.safetensors").write_bytes(b"0" * 10)
     remove_dead_conversions(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+
+
+# ------------------------------------------------------------------------ numbers and JSON of any shape
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "1e39"], "--lr must be at most 1.0, got 1e+39"),
+        (["--test-samples", "1000000000"], "--test-samples 1000000000 is more than abft allows (1048576 at most)"),
+        (["--train-samples", "1000000000"], "--train-samples 1000000000 is more than abft allows"),
+        (["--epochs", "100000000"], "--epochs x --train-samples 800000000 is more than abft allows"),
+        (["--eval-batch-size", "1000000000"], "--eval-batch-size 1000000000 is more than abft allows"),
+    ],
+)
+def test_absurd_numbers_are_refused_at_once(capsys, tmp_path, model_dir, data_csv, flags, message):
+    _fails(capsys, _run(model_dir, data_csv, tmp_path / "out", *flags), message)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, model_dir, data_csv):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ABFT_NO_PROGRESS", "1")
+        mp.setattr("abft.report.html.write_report", lambda path: Path(path) / "report.html")
+        assert main(_run(model_dir, data_csv, out, "--no-fore-test", "--no-post-test")) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1, got 0"),
+        (["--grid", "100000"], "--grid 100000 is more than abft allows (101 at most)"),
+        (["--test-samples", "1000000000"], "--test-samples 1000000000 is more than abft allows"),
+        (["--range", "0", "inf"], "--range needs finite LOW < HIGH"),
+    ],
+)
+def test_interpolate_numbers(capsys, tmp_path, finished_run, flags, message):
+    _fails(
+        capsys, ["interpolate", str(finished_run), str(finished_run), "--output", str(tmp_path / "i"), *flags], message
+    )
+    assert not (tmp_path / "i").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["heads", "--samples", "1000000000"], "--samples 1000000000 is more than abft allows"),
+        (["ceiling", "--samples", "1000000000"], "--samples 1000000000 is more than abft allows"),
+    ],
+)
+def test_analysis_sizes_are_bounded(capsys, tmp_path, model_dir, data_csv, argv, message):
+    out = tmp_path / "out"
+    _fails(
+        capsys,
+        [*argv, "--model", str(model_dir), "--dataset", str(data_csv), "--k", "2", "--output", str(out)],
+        message,
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["status.json", "metrics.json"])
+@pytest.mark.parametrize("value", [[1, 2], "running", 3, {"state": ["finished"]}, {"before": 7}])
+def test_run_files_of_the_wrong_shape(capsys, tmp_path, finished_run, name, value):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / name).write_text(json.dumps(value))
+    assert main(["report", str(run)]) in (0, 2)
+    assert main(["run", "--resume", str(run)]) in (0, 2)
+    assert main(_run("unused", "unused.csv", run)) == 2  # no --overwrite: never a traceback deciding that
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_fore_test_cache_entry_of_the_wrong_shape_is_a_miss(capsys, tmp_path, model_dir, data_csv, private_cache):
+    argv = [*_run(model_dir, data_csv, tmp_path / "a", "--reuse-fore-test", "--no-post-test")]
+    assert main(argv) == 0
+    (entry,) = (private_cache / "fore-test").glob("*.json")
+    good = entry.read_text()
+    for bad in ("[1, 2]", '{"accuracy": "high"}', '{"sha256": "x", "before": {"accuracy": 1}}', "{"):
+        entry.write_text(bad)
+        out = tmp_path / f"run{len(bad)}"
+        assert main(_run(model_dir, data_csv, out, "--reuse-fore-test", "--no-post-test")) == 0
+        assert "reused" not in capsys.readouterr().out
+        assert entry.read_text() == good  # rewritten by the fresh fore-test

@@ -23,7 +23,7 @@ from .errors import UserError
 from .evaluation import fore_cache, suites
 from .evaluation import mauve as mauve_eval
 from .heads import head_statistics, heads_summary
-from .limits import check_at_most, run_checks
+from .limits import check_run
 from .models import load_model
 from .models.context import check_context
 from .models.lora import add_lora
@@ -192,7 +192,7 @@ def _validate(cfg: RunConfig, train: bool) -> None:
         checks += [("--train-samples", cfg.data.train_samples, 1), ("--checkpoint-every", cfg.checkpoint_every, 1)]
         cfg.train.validate()
     check_at_least(checks)
-    check_at_most(run_checks(cfg, train))
+    check_run(cfg, train)
 
 
 def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:

@@ -380,6 +380,7 @@ def test_dead_gguf_conversions_are_removed_live_ones_kept(tmp_path):
         (["--train-samples", "1000000000"], "--train-samples 1000000000 is more than abft allows"),
         (["--epochs", "100000000"], "--epochs x --train-samples 800000000 is more than abft allows"),
         (["--eval-batch-size", "1000000000"], "--eval-batch-size 1000000000 is more than abft allows"),
+        (["--seed", str(2**64)], "--seed must be between -2^63 and 2^63"),
     ],
 )
 def test_absurd_numbers_are_refused_at_once(capsys, tmp_path, model_dir, data_csv, flags, message):
@@ -418,6 +419,8 @@ def test_interpolate_numbers(capsys, tmp_path, finished_run, flags, message):
     [
         (["heads", "--samples", "1000000000"], "--samples 1000000000 is more than abft allows"),
         (["ceiling", "--samples", "1000000000"], "--samples 1000000000 is more than abft allows"),
+        (["heads", "--circuit-factor", "nan"], "--circuit-factor must be a finite number, got nan"),
+        (["heads", "--seed", str(2**70)], "--seed must be between"),
     ],
 )
 def test_analysis_sizes_are_bounded(capsys, tmp_path, model_dir, data_csv, argv, message):

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import RunConfig
 from ..configcheck import checked_config
 from ..errors import UserError
-from ..limits import MAX_GRID, MAX_PROMPTS, check_at_most
+from ..limits import MAX_GRID, MAX_PROMPTS, check_at_most, check_seed
 from ..rundir import atomic_write
 from .discovery import HeadsOptions
 
@@ -114,6 +114,10 @@ def find_heads(cfg: RunConfig, opts: HeadsOptions, output: str | Path | None = N
     check_at_most(
         [("--samples", opts.samples, MAX_PROMPTS), ("--induction-sequences", opts.induction_sequences, MAX_PROMPTS)]
     )
+    check_seed(cfg.seed)
+    for flag, value in (("--circuit-factor", opts.circuit_factor), ("--induction-threshold", opts.induction_threshold)):
+        if not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}")
     if not 0 < opts.min_rate <= 1:
         raise UserError(f"--min-rate must lie in (0, 1], got {opts.min_rate}")
     out = Path(output or cfg.output or _default_heads_output(cfg))

@@ -17,6 +17,7 @@ import sys
 
 from .config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from .errors import UserError
+from .signals import sigterm_as_interrupt
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 
@@ -72,10 +73,11 @@ def _config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(args) -> int:
+    from .configcheck import resume_changes
     from .runner import resume, run
 
     if args.resume:
-        resume(args.resume)
+        resume(args.resume, changes=resume_changes(args, vars(build_parser().parse_args(["run"]))))
     else:
         run(_config(args), train=True, overwrite=args.overwrite)
     return 0
@@ -154,14 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        return args.func(args)
+        with sigterm_as_interrupt():  # a killed run records "interrupted" as on Ctrl-C
+            return args.func(args)
     except UserError as exc:
         if args.debug:
             raise
         print("abft: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)  # always one line
         return 2
-    except KeyboardInterrupt:
-        print("abft: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"abft: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 

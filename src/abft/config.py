@@ -22,6 +22,9 @@ def opt(default, help: str, flag: str | None = None, choices=None, negate: str |
     return field(default=default, metadata=meta)
 
 
+MAX_LR = 1.0
+
+
 @dataclass
 class ModelConfig:
     model: str = opt("smollm2-135m", "embedded alias (smollm2-135m, gemma3-270m), hub id, directory or .gguf file")
@@ -39,6 +42,9 @@ class ModelConfig:
         "under torchrun / accelerate launch: shard the weights, gradients and Adam state over the processes "
         "(FSDP2) instead of a whole model per process, for models that do not fit one device "
         "(also on with an Accelerate FSDP config)",
+    )
+    trust_remote_code: bool = opt(
+        False, "let a model directory or hub repository run its own Python code (auto_map); only for code you trust"
     )
 
 
@@ -124,6 +130,8 @@ class TrainConfig:
             raise UserError(f"--lr must be positive and finite, got {self.lr}; the paper uses 2e-5")
         if self.keep == "best" and self.val_samples == 0:
             raise UserError("--keep best needs validation prompts: give --val-samples N (N >= 1) or --keep last")
+        if self.lr is not None and self.lr > MAX_LR:  # a larger finite lr only diverges (1e39 overflows Adam)
+            raise UserError(f"--lr must be at most {MAX_LR}, got {self.lr}; the paper uses 2e-5")
         weights = [("--correct-label-reward", self.reward), ("--wrong-label-penalty", self.penalty)]
         weights += [("--p-factor", self.p_factor)] + [("--pid", gain) for gain in self.pid]
         for flag, value in weights:

@@ -1,12 +1,18 @@
 """A run directory: config, metrics, logs and weights of one run, written atomically.
 
-status.json records running / finished / failed; a finished run is never overwritten unless asked.
+status.json records running / finished / failed / interrupted; a finished run is never overwritten unless
+asked, and only a directory abft created (it holds MARKER, a random id written at creation) is ever deleted.
+A live run holds an exclusive flock on MARKER; the OS releases it when the process ends, however it ends
+(SIGKILL included), so a second writer (--overwrite, --resume, another run) is refused and no lock goes stale.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -16,6 +22,7 @@ from .errors import UserError
 
 _UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
 os.umask(_UMASK)
+MARKER = ".abft-run"  # created by abft with the directory: ownership, and the live run's lock
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -36,9 +43,18 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
+def config_fingerprint(config: dict) -> str:
+    """sha256 of a config's canonical JSON, without `output` (a moved run directory is still the same run)."""
+    canonical = json.loads(json.dumps(config))  # tuples as lists, as read back
+    canonical.pop("output", None)
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._lock: int | None = None  # the descriptor holding MARKER's flock while this process writes here
+        self._config_sha: str | None = None  # fingerprint of config.json, kept in status.json
 
     @classmethod
     def check_available(cls, path: str | Path, overwrite: bool = False) -> None:
@@ -47,7 +63,10 @@ class RunDir:
         state = run.state()
         if state is not None and not overwrite:
             raise UserError(f"{run.path} already holds a {state} run; pick another --output or pass --overwrite")
-        if run.path.exists() and state is None and (not run.path.is_dir() or any(run.path.iterdir())):
+        if state is not None or run.is_owned():
+            run.check_ours()
+            run.check_unlocked()
+        elif run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
             raise UserError(f"{run.path} exists and is not an abft run directory; pick another --output")
         parent = next((p for p in (run.path, *run.path.parents) if p.exists()), None)  # the nearest that exists
         if parent is not None and not parent.is_dir():
@@ -62,10 +81,15 @@ class RunDir:
         existed = run.path.exists()
         try:
             run.path.mkdir(parents=True, exist_ok=True)
-            for old in run.path.iterdir():  # --overwrite: an abft run directory (check_available), all of it ours
-                shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            run.lock()  # before anything is deleted: a run that started meanwhile keeps its files
+            for old in run.path.iterdir():  # --overwrite: a directory abft created (check_available), all ours
+                if old.name != MARKER:
+                    shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            os.ftruncate(run._lock, 0)  # in place: replacing the file would drop the lock
+            os.write(run._lock, secrets.token_hex(16).encode() + b"\n")
             run.set_state("running")
         except OSError as exc:
+            run.release()
             if not existed:  # leave nothing behind
                 shutil.rmtree(run.path, ignore_errors=True)
             raise UserError(
@@ -74,31 +98,127 @@ class RunDir:
         return run
 
     @classmethod
-    def reopen(cls, path: str | Path) -> RunDir:
-        """An interrupted (running or failed) run, to resume; its files are kept."""
+    def check_resumable(cls, path: str | Path) -> None:
+        """Fail early when `reopen` would refuse `path`: not a run, finished, or another process's live run."""
         run = cls(Path(path))
         state = run.state()
         if state is None:
             raise UserError(f"{run.path} is not an abft run directory; nothing to resume")
         if state == "finished":
             raise UserError(f"{run.path} already finished; start a new run with another --output")
+        run.check_unlocked()
+
+    @classmethod
+    def resumable_config(cls, path: str | Path) -> dict:
+        """config.json of a run `reopen` would accept (check_resumable, then read_config)."""
+        cls.check_resumable(path)
+        return cls(Path(path)).read_config()
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> RunDir:
+        """An interrupted (running, failed or interrupted) run, to resume; its files are kept."""
+        cls.check_resumable(path)
+        run = cls(Path(path))
+        try:
+            run.lock()
+        except OSError as exc:
+            raise UserError(f"cannot write to {run.path}: {exc.strerror}; fix the permissions or free space") from exc
+        run.remove_temporaries()  # of the interrupted run: a kill can leave one mid-write
+        run._config_sha = run.read_json("status.json", {}).get("config_sha256")
         run.set_state("running")
         return run
 
-    def read_json(self, name: str, default=None):
+    def is_owned(self) -> bool:
+        return (self.path / MARKER).is_file() and not (self.path / MARKER).is_symlink()
+
+    def check_ours(self) -> None:
+        """UserError unless abft created this directory: --overwrite deletes nothing else."""
+        if not self.is_owned():
+            raise UserError(
+                f"{self.path} has a status.json but no {MARKER} marker: abft did not create it (or an abft before "
+                "0.2 did), so --overwrite will not delete it; delete it yourself or pick another --output"
+            )
+
+    def check_unlocked(self) -> None:
+        """UserError when another process holds this run's lock (it is running now)."""
+        if not self.is_owned():
+            return  # no marker: no abft that locks has written here
         try:
-            return json.loads((self.path / name).read_text())
-        except (OSError, ValueError):
+            fd = os.open(self.path / MARKER, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._in_use() from None
+        finally:
+            os.close(fd)  # closing releases a probe's lock
+
+    def lock(self) -> None:
+        """Hold MARKER's exclusive lock until `release` or the end of this process."""
+        fd = os.open(self.path / MARKER, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._in_use() from None
+        self._lock = fd
+
+    def _in_use(self) -> UserError:
+        return UserError(f"{self.path} is in use by a running abft process; wait for it to end or pick another output")
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def read_json(self, name: str, default=None):
+        """A JSON object file of the run, or `default` when it is missing, unreadable or not an object."""
+        try:
+            value = json.loads((self.path / name).read_text())
+        except (OSError, ValueError, RecursionError):
             return default
+        return value if isinstance(value, dict) else default
 
     def state(self) -> str | None:
-        try:
-            return json.loads((self.path / "status.json").read_text())["state"]
-        except (OSError, ValueError, KeyError):
-            return None
+        state = self.read_json("status.json", {}).get("state")
+        return state if isinstance(state, str) else None
 
     def set_state(self, state: str, **info) -> None:
-        self.write_json("status.json", {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+        status = {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        if self._config_sha:
+            status["config_sha256"] = self._config_sha
+        self.write_json("status.json", status)
+
+    def record_stop(self, error: BaseException) -> None:
+        """status.json of a run stopped by `error`: interrupted (Ctrl-C, SIGTERM) or failed; best effort, as on a
+        full disk even status.json may not be writable."""
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        try:
+            self.set_state("interrupted" if isinstance(error, KeyboardInterrupt) else "failed", error=message)
+        except OSError:
+            pass
+        self.remove_temporaries()
+        self.release()
+
+    def write_config(self, config: dict) -> None:
+        """config.json, bound to this run by its fingerprint in status.json (`read_config` checks it)."""
+        self._config_sha = config_fingerprint(config)
+        self.write_json("config.json", config)
+        self.set_state(self.state() or "running")
+
+    def read_config(self) -> dict:
+        """config.json as written by `write_config`: UserError when it is missing, unreadable or edited since."""
+        config = self.read_json("config.json")
+        if config is None:
+            raise UserError(f"{self.path} has no readable config.json (a JSON object); nothing to resume")
+        recorded = self.read_json("status.json", {}).get("config_sha256")
+        if recorded != config_fingerprint(config):
+            raise UserError(
+                f"{self.path / 'config.json'} is not the configuration this run was started with (edited, replaced, "
+                "or written by an abft without config fingerprints); start a new run instead of resuming"
+            )
+        return config
 
     def write_json(self, name: str, obj) -> None:
         atomic_write(self.path / name, json.dumps(obj, indent=2, sort_keys=False) + "\n")

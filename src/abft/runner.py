@@ -18,12 +18,14 @@ import torch
 
 from . import distributed
 from .config import RunConfig, check_at_least
+from .configcheck import checked_config
 from .data import PromptBuilder, default_template, load_any, test_pairs, train_pairs, validation_pairs
 from .errors import UserError
 from .evaluation import evaluate_prompts, fore_cache, suites
 from .evaluation import mauve as mauve_eval
 from .evaluation.protocols import accuracy_se
 from .heads import head_statistics, heads_summary
+from .limits import check_run
 from .models import load_model
 from .models.context import check_context
 from .models.lora import add_lora
@@ -33,6 +35,7 @@ from .recipe import describe as describe_recipe
 from .recipe import resolve as resolve_recipe
 from .report.snapshot import RunSnapshot
 from .rundir import RunDir, atomic_write
+from .signals import interrupted
 from .train import StepRecord
 from .train import train as train_model
 from .validation import ValidationMonitor
@@ -48,14 +51,16 @@ def default_output(cfg: RunConfig, train: bool = True, what: str | None = None) 
     return Path("runs") / f"{name}-{what}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resume(run_dir: str | Path, log=print) -> dict:
-    """Continue an interrupted `abft run` from its last checkpoint, with the configuration it was started with."""
+def resume(run_dir: str | Path, log=print, changes: dict | None = None) -> dict:
+    """Continue an interrupted `abft run` from its last checkpoint, with the configuration it was started with
+    (checked like CLI input and against its fingerprint); `changes`: configcheck.RESUME_FLAGS, e.g. {"lr": 1e-5}."""
     distributed.init()
-    config = distributed.broadcast_object(RunDir(Path(run_dir)).read_json("config.json"))
-    if config is None:
-        raise UserError(f"{run_dir} has no config.json; nothing to resume")
-    cfg = RunConfig.from_dict(config)
+    config = distributed.broadcast_object(distributed.on_main(lambda: RunDir.resumable_config(run_dir)))
+    cfg = checked_config(config)
     cfg.output = str(run_dir)
+    for name, value in (changes or {}).items():
+        log(f"resume: {name} {getattr(cfg.train, name)} -> {value}")
+        setattr(cfg.train, name, value)
     return run(cfg, train=config.get("command", "run") == "run", resume_run=True, log=log)
 
 
@@ -88,13 +93,10 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
     try:
         metrics = _run(cfg, job, out, log)
         out.set_state("finished")
+        out.release()
     except BaseException as exc:
-        error = _write_error(exc, out.path) or exc
-        try:  # best effort: on a full disk even status.json may not be writable
-            out.set_state("failed", error=str(error).splitlines()[0] if str(error) else type(error).__name__)
-        except OSError:
-            pass
-        out.remove_temporaries()
+        error = _write_error(exc, out.path) or interrupted(exc, out.path) or exc
+        out.record_stop(error)  # failed, or interrupted (Ctrl-C, SIGTERM); temporaries removed, lock released
         if error is not exc:
             raise error from exc
         raise
@@ -141,10 +143,11 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     if fsdp:  # the whole model on the main process's CPU only; shard_model sends every process its share
         device, dtype = "cpu", dtype or ("bf16" if torch.cuda.is_available() else "fp32")
     if fsdp:  # the others read the configuration once the main process has converted / downloaded the model
-        loaded = distributed.on_main(lambda: load_model(cfg.model.model, device, dtype))
-        model, tokenizer = loaded if loaded is not None else load_model(cfg.model.model, "meta", dtype)
+        trust = {"trust_remote_code": cfg.model.trust_remote_code}
+        loaded = distributed.on_main(lambda: load_model(cfg.model.model, device, dtype, **trust))
+        model, tokenizer = loaded if loaded is not None else load_model(cfg.model.model, "meta", dtype, **trust)
     else:
-        model, tokenizer = load_model(cfg.model.model, device, dtype, cfg.model.quantized)
+        model, tokenizer = load_model(cfg.model.model, device, dtype, cfg.model.quantized, cfg.model.trust_remote_code)
     if train and cfg.train.lora_r:  # before anything reads W_Q/W_K (the report's snapshot)
         add_lora(model, cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
     if fsdp:
@@ -204,6 +207,7 @@ def _validate(cfg: RunConfig, train: bool) -> None:
         checks += [("--train-samples", cfg.data.train_samples, 1), ("--checkpoint-every", cfg.checkpoint_every, 1)]
         cfg.train.validate()
     check_at_least(checks)
+    check_run(cfg, train)
 
 
 def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
@@ -211,7 +215,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     previous = distributed.broadcast_object(out.read_json("config.json")) or {}  # resuming: keep its record
     choices = previous.get("recipe_choices") or job.recipe
     config = {**dataclasses.asdict(cfg), "command": "run" if train else "evaluate"}
-    out.write_json("config.json", {**config, "recipe_choices": choices} if train else config)
+    out.write_config({**config, "recipe_choices": choices} if train else config)
     if train:
         log(describe_recipe(choices, cfg.train))
     if cfg.data.test_samples < FULL_TEST:

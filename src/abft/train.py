@@ -25,7 +25,7 @@ import torch
 from . import distributed
 from .attention import capture_last_row, use_last_row_attention
 from .batching import collate
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_state, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .control import PenaltyController
 from .errors import UserError
@@ -128,11 +128,13 @@ def train(
     state = load_checkpoint(checkpoint_dir) if checkpoint_dir and distributed.is_main() else None
     state = distributed.broadcast_object(state)
     if state is not None:
+        check_state(state, masters.tensors, len(plan), checkpoint_dir, StepRecord.__dataclass_fields__)
         with torch.no_grad():
             for m, value in zip(masters.tensors, state["params"], strict=True):
                 distributed.local(m).copy_(distributed.local(distributed.like(value.to(m.dtype), m)))
         masters.weights_out()
         optimizer.load_state_dict(_optimizer_shares(state["optimizer"], masters.tensors))
+        optimizer.param_groups[0]["lr"] = cfg.lr  # the run's lr, changed with --resume --lr after a divergence
         controller.load_state_dict(state["controller"])
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():  # dropout on GPU (LoRA) draws from these
@@ -142,7 +144,7 @@ def train(
             monitor.load_state_dict(state["monitor"])
     if on_resume:
         on_resume(list(records))
-    if monitor is not None and not monitor.curve:
+    if monitor is not None and not monitor.curve and not records:
         monitor.observe(model, 0, params)  # the unchanged model: the baseline, and a candidate to keep
     try:
         with progress_bar(f"training ({cfg.method})", total=len(plan)) as advance:

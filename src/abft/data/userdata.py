@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import random
+import sys
 from pathlib import Path
 
 import yaml
@@ -50,12 +51,22 @@ def default_split_sizes(n_rows: int) -> tuple[int, int, int]:
 
 def _read_text(path: Path) -> str:
     try:
+        if path.exists() and not path.is_file():  # a FIFO or device would block the read forever
+            raise UserError(f"{path} is not a regular file; pass a data file")
         return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
         reason = e.strerror if isinstance(e, OSError) else "invalid path"
         raise UserError(f"cannot read {path} ({reason}); check the path") from None
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    """DictReader keeps the last of two same-named columns, so `text,label,text` would read the wrong one."""
+    names = [name.strip() for name in header]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserError(f"{path} has the column(s) {repeated} more than once; rename or drop the duplicates")
 
 
 def _parse_structured(path: Path, text: str):
@@ -77,7 +88,9 @@ def _read_data(path: Path) -> tuple[list, list[str] | None] | dict:
             records = list(reader)
         except csv.Error as e:
             raise UserError(f"{path} is not valid CSV ({e}); fix the file") from None
-        return records, list(reader.fieldnames or [])
+        header = list(reader.fieldnames or [])
+        _check_header(path, header)
+        return records, header
     if suffix == ".jsonl":
         records = []
         for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may sit inside a string
@@ -221,6 +234,9 @@ def load_user_dataset(
         words = _check_words(sorted({y.strip() for y in raw}), str(data_path))
     else:
         words = _check_words(opts["label_words"], "the label words option")
+    empty = sum(1 for t in texts if not t.strip())
+    if empty:  # legal (a content-free query), but usually a wrong column or a broken export
+        print(f"abft: warning: {data_path}: {empty} of {len(texts)} texts in '{tcol}' are empty", file=sys.stderr)
     rows = [
         (t, _label_index(y, words, f"{data_path} row {n}")) for n, (t, y) in enumerate(zip(texts, raw, strict=True), 1)
     ]

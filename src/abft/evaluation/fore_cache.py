@@ -9,7 +9,7 @@ test the same base model on the same prompts; with the flag only the first of th
 hashes everything the `before` metrics depend on: the loaded weights (per-tensor sums), the test prompts'
 token ids, the data, model and evaluation settings, the seed, and the code (abft's source files, the
 versions of torch, transformers and StaICC). Any change is a miss, never a stale hit. Entries are the
-`before` block of metrics.json, in $ABFT_CACHE/fore-test/<key>.json.
+`before` block of metrics.json with its digest, in $ABFT_CACHE/fore-test/<key>.json.
 """
 
 from __future__ import annotations
@@ -96,11 +96,19 @@ def _path(key: str) -> Path:
 
 
 def load(key: str) -> dict | None:
-    """The cached `before` block, or None (missing or unreadable entries are misses)."""
+    """The cached `before` block, or None: missing, unreadable or altered entries (their digest does not match
+    their content, so a hand-edited or foreign file of the wrong shape) are misses, overwritten by `store`."""
     try:
-        return json.loads(_path(key).read_text())
-    except (OSError, ValueError):
+        entry = json.loads(_path(key).read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("before"), dict):
+        return None
+    return entry["before"] if entry.get("sha256") == _digest(entry["before"]) else None
+
+
+def _digest(before: dict) -> str:
+    return hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
 
 
 def store(key: str, before: dict) -> None:
@@ -108,6 +116,6 @@ def store(key: str, before: dict) -> None:
     path = _path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(before) + "\n")
+        atomic_write(path, json.dumps({"sha256": _digest(before), "before": before}) + "\n")
     except OSError:
         pass

@@ -98,8 +98,9 @@ def _converted(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        kwargs = {"gguf_file": gguf.name, "trust_remote_code": False}  # a GGUF file holds weights, never code
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
     except Exception as exc:  # garbage or a truncated file: OSError, ValueError, struct.error, KeyError...
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise UserError(
@@ -113,19 +114,42 @@ def _converted(gguf: Path) -> Path:
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        remove_dead_conversions(target.parent)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{os.getpid()}-"))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
-    except OSError as exc:
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a full disk: no half-written copy (hundreds of MB) is left
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(exc, OSError):
+            raise
         if not (target / "config.json").is_file():  # another process may have won the race
             raise UserError(
                 f"cannot write the dequantised model to {target.parent} ({exc.strerror}); free disk space or set "
                 "ABFT_CACHE to a writable directory"
             ) from exc
     return target
+
+
+def remove_dead_conversions(models: Path) -> None:
+    """Delete the `.tmp-<pid>-*` directories of conversions whose process is gone (killed with SIGKILL, or an
+    abft before the pid was in the name); a live process's conversion is left alone."""
+    for tmp in models.glob(".tmp-*"):
+        pid = tmp.name.split("-")[1]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def default_device() -> str:
@@ -175,6 +199,36 @@ def _hub_reachable(timeout: float = 5.0) -> bool:
     return True
 
 
+def refuse_custom_code(directory: Path) -> None:
+    """UserError for a model directory whose config names its own code (`auto_map`) for an architecture
+    transformers does not know: loading it would mean importing that code."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # from_pretrained names the broken config.json
+    if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        raise UserError(
+            f"{directory} needs its own Python code (config.json 'auto_map', model type "
+            f"{config.get('model_type')!r}); abft does not run it unless you pass --trust-remote-code"
+        )
+
+
+def refuse_missing_weights(model: str, info: dict) -> None:
+    """UserError when the weights lack tensors the architecture needs (transformers would initialise them at
+    random and only warn, which abft's TRANSFORMERS_VERBOSITY=error hides). Tied weights are not missing."""
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UserError(
+            f"model '{model}' lacks {len(missing)} weight tensor(s) its config.json needs ({shown}); the weight "
+            "files are incomplete or config.json declares more layers than they hold: download the model again"
+        )
+
+
 def _load_error(model: str, online: bool, offline: bool, exc: Exception) -> str:
     if offline:
         from huggingface_hub import try_to_load_from_cache
@@ -184,6 +238,8 @@ def _load_error(model: str, online: bool, offline: bool, exc: Exception) -> str:
                 f"model '{model}' is not in the Hugging Face cache and the hub cannot be reached (no network or "
                 "HF_HUB_OFFLINE=1); download it once with a network, or pass a local model directory or .gguf file"
             )
+    if "trust_remote_code" in str(exc):
+        return f"model '{model}' needs its own Python code; abft does not run it unless you pass --trust-remote-code"
     what = "the hub id and your access to it" if online else "that it is a complete model directory"
     detail = str(exc).splitlines()[0] if str(exc) else ""
     return (
@@ -192,8 +248,17 @@ def _load_error(model: str, online: bool, offline: bool, exc: Exception) -> str:
     )
 
 
-def load_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None, quantized=False):
+def load_model(
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    dtype: str | None = None,
+    quantized=False,
+    trust_remote_code: bool = False,
+):
     """Load (model, tokenizer) in eval mode with all parameters frozen.
+
+    `trust_remote_code`: let transformers import the .py files of a model directory or hub repository
+    (`--trust-remote-code`); without it such a model is refused at once (never a prompt on stdin).
 
     `quantized`: the base in 4-bit NF4 (bitsandbytes, CUDA only; see quantization_config); it can then only
     be trained through LoRA adapters (models.lora).
@@ -216,18 +281,25 @@ def load_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: str
     source, online = resolve(model)
     offline = online and not _hub_reachable()  # a hub id without a network: the cache only, no minutes of retries
     local_only = offline or not online  # a directory never asks the hub for anything
+    if not online and not trust_remote_code:
+        refuse_custom_code(Path(source))
+    common = {"local_files_only": local_only, "trust_remote_code": trust_remote_code}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
         if device == "meta":
-            config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+            config = AutoConfig.from_pretrained(source, **common)
             with torch.device("meta"):
-                lm = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], attn_implementation="sdpa")
+                lm = AutoModelForCausalLM.from_config(
+                    config, dtype=DTYPES[dtype], attn_implementation="sdpa", trust_remote_code=trust_remote_code
+                )
         else:
-            lm = AutoModelForCausalLM.from_pretrained(
-                source, dtype=DTYPES[dtype], attn_implementation="sdpa", local_files_only=local_only, **extra
+            lm, info = AutoModelForCausalLM.from_pretrained(
+                source, dtype=DTYPES[dtype], attn_implementation="sdpa", output_loading_info=True, **common, **extra
             )
     except Exception as exc:  # a broken directory or download: OSError, SafetensorError, ValueError, JSON errors...
         raise UserError(_load_error(model, online, offline, exc)) from exc
+    if device != "meta":
+        refuse_missing_weights(model, info)
     if not quantized:  # a 4-bit model is placed by device_map and cannot be moved
         lm.to(device)
     lm.eval()

@@ -34,6 +34,7 @@ import torch
 from ..attention import edit_last_row, use_last_row_attention
 from ..errors import UserError
 from ..evaluation.scoring import score_prompts
+from ..limits import MAX_PROMPTS, check_at_most
 from ..objectives import ABFTObjective
 from ..rundir import atomic_write
 
@@ -147,6 +148,7 @@ def attention_ceiling(
     for flag, value in (("--samples", samples), ("--batch-size", batch_size), ("--k", cfg.data.k)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    check_at_most([("--samples", samples, MAX_PROMPTS)])
     out = (
         Path(output)
         if output

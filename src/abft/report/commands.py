@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..config import RunConfig
+from ..configcheck import checked_config
 from ..errors import UserError
+from ..limits import MAX_GRID, MAX_PROMPTS, check_at_most, check_seed
 from ..rundir import atomic_write
 from .discovery import HeadsOptions
 
@@ -30,7 +33,13 @@ def report_run(run_dir: str | Path, with_model: bool = False, log=print) -> Path
         recompute_snapshot(run, log)
     from .html import write_report
 
-    return write_report(run)
+    try:
+        return write_report(run)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:  # edited files of another shape
+        raise UserError(
+            f"cannot write the report of {run}: its JSON files are not shaped as abft writes them "
+            f"({type(exc).__name__}: {exc}); restore them or rerun"
+        ) from exc
 
 
 def read_config_json(run: str | Path) -> dict:
@@ -40,17 +49,13 @@ def read_config_json(run: str | Path) -> dict:
         raise UserError(f"{run} is not an abft run directory (no config.json)")
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from exc
 
 
 def read_config(run: str | Path) -> RunConfig:
     """A run directory's RunConfig (read_config_json's errors, or a UserError for an invalid config)."""
-    config = read_config_json(run)
-    try:
-        return RunConfig.from_dict(config)
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"cannot read {Path(run) / 'config.json'}: {exc}") from exc
+    return checked_config(read_config_json(run), str(Path(run) / "config.json"))
 
 
 def load_setup(cfg: RunConfig):
@@ -60,7 +65,8 @@ def load_setup(cfg: RunConfig):
     from ..models import load_model
 
     dataset = load_any(cfg.data.dataset)
-    model, tokenizer = load_model(cfg.model.model, cfg.model.device, cfg.model.dtype, cfg.model.quantized)
+    m = cfg.model
+    model, tokenizer = load_model(m.model, m.device, m.dtype, m.quantized, m.trust_remote_code)
     info = dataset.info
     builder = PromptBuilder(tokenizer, info.label_words, default_template(info), cfg.data.label_token_mode)
     return model, tokenizer, builder, dataset
@@ -105,6 +111,13 @@ def find_heads(cfg: RunConfig, opts: HeadsOptions, output: str | Path | None = N
     for flag, value, low in checks:
         if value < low:
             raise UserError(f"{flag} must be at least {low}, got {value}")
+    check_at_most(
+        [("--samples", opts.samples, MAX_PROMPTS), ("--induction-sequences", opts.induction_sequences, MAX_PROMPTS)]
+    )
+    check_seed(cfg.seed)
+    for flag, value in (("--circuit-factor", opts.circuit_factor), ("--induction-threshold", opts.induction_threshold)):
+        if not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}")
     if not 0 < opts.min_rate <= 1:
         raise UserError(f"--min-rate must lie in (0, 1], got {opts.min_rate}")
     out = Path(output or cfg.output or _default_heads_output(cfg))
@@ -194,10 +207,12 @@ def interpolate_runs(
     check_pair(cfg_a, cfg_b, run_a, run_b)
     if grid < 2:
         raise UserError(f"--grid must be at least 2, got {grid}")
-    if test_samples < 1:
-        raise UserError(f"--test-samples must be at least 1, got {test_samples}")
-    if not span[0] < span[1]:
-        raise UserError(f"--range needs LOW < HIGH, got {span[0]} {span[1]}")
+    if test_samples < 1 or batch_size < 1:
+        flag, value = ("--test-samples", test_samples) if test_samples < 1 else ("--eval-batch-size", batch_size)
+        raise UserError(f"{flag} must be at least 1, got {value}")
+    check_at_most([("--grid", grid, MAX_GRID), ("--test-samples", test_samples, MAX_PROMPTS)])
+    if not -math.inf < span[0] < span[1] < math.inf:
+        raise UserError(f"--range needs finite LOW < HIGH, got {span[0]} {span[1]}")
     check_trained(run_a)
     check_trained(run_b)
     out = Path(output) if output else run_b.parent / f"interpolate-{run_a.name}-{run_b.name}"

@@ -187,3 +187,32 @@ def test_run_records_the_recipe_and_the_validation_curve(patch_runner, tmp_path,
     printed = capsys.readouterr().out
     assert "recipe auto: lr" in printed and f"--lr {config['train']['lr']:g} --val-samples 6" in printed
     assert "95% interval" in printed and "change" in printed and "fewer than StaICC's 1024" in printed
+
+
+def test_a_tampered_validation_state_is_refused_on_resume(tmp_path):
+    from abft.checkpoint import FILE, load_checkpoint
+    from abft.errors import UserError
+
+    prompts = fake_prompts(8, k=3)
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        raise Stop
+
+    monitor = ValidationMonitor(_scripted([0.5, 0.9]), every=1, keep="best")
+    with pytest.raises(Stop):
+        train(tiny_llama(), prompts, TrainConfig(**CFG), 0, LABEL_TOKENS, on_step=stop, checkpoint_dir=tmp_path,
+              monitor=monitor)  # fmt: skip
+    state = load_checkpoint(tmp_path)
+    tampered = {
+        "shape": {**state["monitor"], "best_params": [torch.zeros(1)] * len(state["monitor"]["best_params"])},
+        "step": {**state["monitor"], "best_step": 7},
+        "curve": {**state["monitor"], "curve": [[0, float("nan"), 0.5]]},
+    }
+    for bad in tampered.values():
+        torch.save({**state, "monitor": bad}, tmp_path / FILE)
+        with pytest.raises(UserError, match="does not belong to this run"):
+            train(tiny_llama(), prompts, TrainConfig(**CFG), 0, LABEL_TOKENS, checkpoint_dir=tmp_path,
+                  monitor=ValidationMonitor(_scripted([0.5] * 9), every=1, keep="best"))  # fmt: skip

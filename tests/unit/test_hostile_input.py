@@ -326,11 +326,12 @@ def test_resume_with_a_lower_lr_applies_it_to_adam_and_records_it(capsys, failed
     monkeypatch.setattr(
         torch.optim.Adam, "step", lambda self, *a, **k: used.append(self.param_groups[0]["lr"]) or step(self, *a, **k)
     )
+    original = json.loads((failed_run / "config.json").read_text())["train"]["lr"]  # what the recipe chose
     assert main(["run", "--resume", str(failed_run), "--lr", "1e-6"]) == 0
     assert used == [1e-6]
     assert json.loads((failed_run / "config.json").read_text())["train"]["lr"] == 1e-6
     log = [json.loads(line) for line in (failed_run / "train_log.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["lr"]) for r in log] == [(1, 2e-5), (2, 1e-6)]
+    assert [(r["step"], r["lr"]) for r in log] == [(1, original), (2, 1e-6)] and original != 1e-6
 
 
 # --------------------------------------------------------------------------------- signals, leftovers

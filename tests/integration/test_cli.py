@@ -9,6 +9,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SMALL = ["--train-samples", "8", "--pseudo-batch-size", "4", "--epochs", "1", "--test-samples", "16", "--lr", "1e-4"]
+SMALL += ["--val-samples", "16"]  # validation on the real model, kept cheap
 
 
 def abft(*args, cwd=None):

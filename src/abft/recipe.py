@@ -7,7 +7,8 @@
 - a step size scaled to the model: lr = RELATIVE_LR x RMS of the W_Q/W_K entries. Adam moves every entry by
   about lr per step whatever the gradient's scale, so lr / RMS(W) is the relative change per step; models
   with q/k norms (Gemma 3) are even invariant to the scale of W, so only that ratio matters there.
-  RELATIVE_LR = 3e-4 / 0.207: the lr chosen on SST-2 validation prompts for SmolLM2-135M (RMS 0.207), which
+  RELATIVE_LR = 3e-4 / 0.207: the lr chosen on SST-2 validation prompts for SmolLM2-135M over its W_Q/W_K scale
+  (0.207: the mean of W_Q's and W_K's RMS; qk_rms over all entries gives 0.205, hence still 3e-4), which
   gives 5.7e-5 for Gemma-3-270M (RMS 0.040), near the paper's 2e-5 that works there (benchmarks/RESULTS.md).
   LoRA adapters start at zero, so they have no scale to follow: with LoRA the lr is the paper's 1e-4.
 - validation prompts scored every `val_every` steps and the best step's weights kept, so a step size that

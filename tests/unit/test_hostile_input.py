@@ -70,14 +70,20 @@ def _copy_model(model_dir, to: Path) -> Path:
     return to
 
 
-def test_model_directory_with_custom_code_is_refused_without_running_it(capsys, tmp_path, model_dir, data_csv):
-    """auto_map + an unknown model type: transformers would ask on stdin and, told yes, import the .py file."""
-    marker = tmp_path / "pwned"
-    evil = _copy_model(model_dir, tmp_path / "evil")
+def _evil_model(model_dir, to, marker):
+    """A copy of the tiny model whose config needs its own code (auto_map, unknown type); running it writes marker."""
+    evil = _copy_model(model_dir, to)
     config = json.loads((evil / "config.json").read_text())
     config.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.Evil"})
     (evil / "config.json").write_text(json.dumps(config))
     (evil / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    return evil
+
+
+def test_model_directory_with_custom_code_is_refused_without_running_it(capsys, tmp_path, model_dir, data_csv):
+    """auto_map + an unknown model type: transformers would ask on stdin and, told yes, import the .py file."""
+    marker = tmp_path / "pwned"
+    evil = _evil_model(model_dir, tmp_path / "evil", marker)
     stdin = tmp_path / "yes"
     stdin.write_text("y\ny\n")
     with open(stdin) as answers, pytest.MonkeyPatch.context() as mp:
@@ -92,11 +98,7 @@ def test_custom_code_is_not_run_by_the_loader_itself(tmp_path, model_dir):
     from abft.models import loading
 
     marker = tmp_path / "pwned"
-    evil = _copy_model(model_dir, tmp_path / "evil")
-    config = json.loads((evil / "config.json").read_text())
-    config.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.Evil"})
-    (evil / "config.json").write_text(json.dumps(config))
-    (evil / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    evil = _evil_model(model_dir, tmp_path / "evil", marker)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loading, "refuse_custom_code", lambda directory: None)
         mp.setattr("sys.stdin", open(os.devnull))

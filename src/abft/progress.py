@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from contextlib import contextmanager
@@ -16,11 +18,26 @@ def set_enabled(flag: bool) -> None:
     _enabled = flag
 
 
+def enabled() -> bool:
+    """Progress is shown: this process may print it, stderr is a terminal, and ABFT_NO_PROGRESS is unset."""
+    return _enabled and sys.stderr.isatty() and not os.environ.get("ABFT_NO_PROGRESS")
+
+
+@contextmanager
+def quiet_unless_enabled():
+    """Swallow what libraries write to stderr (their tqdm bars) while progress is off, so logs and the one-line
+    errors stay clean; exceptions still propagate."""
+    if enabled():
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
 @contextmanager
 def progress_bar(description: str, total: int):
     """Yield `advance(n, **fields)`; fields are shown after the bar (e.g. loss=0.12)."""
-    show = _enabled and sys.stderr.isatty() and not os.environ.get("ABFT_NO_PROGRESS")
-    if not show:
+    if not enabled():
         yield lambda n=1, **fields: None
         return
     columns = [

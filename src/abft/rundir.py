@@ -211,12 +211,12 @@ class RunDir:
         """config.json as written by `write_config`: UserError when it is missing, unreadable or edited since."""
         config = self.read_json("config.json")
         if config is None:
-            raise UserError(f"{self.path} has no readable config.json (a JSON object); nothing to resume")
+            raise UserError(f"{self.path} is not an abft run directory (no readable config.json object)")
         recorded = self.read_json("status.json", {}).get("config_sha256")
         if recorded != config_fingerprint(config):
             raise UserError(
                 f"{self.path / 'config.json'} is not the configuration this run was started with (edited, replaced, "
-                "or written by an abft without config fingerprints); start a new run instead of resuming"
+                "or written by an abft without config fingerprints); rerun it"
             )
         return config
 

@@ -461,3 +461,41 @@ def test_fore_test_cache_entry_of_the_wrong_shape_is_a_miss(capsys, tmp_path, mo
         assert main(_run(model_dir, data_csv, out, "--reuse-fore-test", "--no-post-test")) == 0
         assert "reused" not in capsys.readouterr().out
         assert entry.read_text() == good  # rewritten by the fresh fore-test
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ceiling", "--delta", "{run}", "--samples", "2", "--edits", "none", "--output", "{out}"],
+        ["interpolate", "{run}", "{run}", "--grid", "2", "--test-samples", "2", "--output", "{out}"],
+        ["report", "{run}", "--with-model"],
+    ],
+)
+def test_commands_on_a_run_refuse_its_edited_config_before_loading_a_model(
+    capsys, tmp_path, finished_run, monkeypatch, argv
+):
+    """An emptied config.json would name the default model (all defaults): refused by its fingerprint instead."""
+    import shutil
+
+    import abft.models
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "config.json").write_text("{}")
+    monkeypatch.setattr(abft.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    argv = [a.format(run=run, out=tmp_path / "out") for a in argv]
+    _fails(capsys, argv, "is not the configuration this run was started with")
+    assert not (tmp_path / "out").exists()
+
+
+def test_gguf_conversion_writes_no_progress_bar_when_progress_is_off(capsys, monkeypatch):
+    """transformers' own tqdm bar (GGUF dequantisation) would put \\r-lines into logs and one-line errors."""
+    from tqdm.auto import tqdm
+
+    from abft.progress import quiet_unless_enabled
+
+    monkeypatch.setenv("ABFT_NO_PROGRESS", "1")
+    with quiet_unless_enabled():
+        for _ in tqdm(range(3), desc="Converting"):
+            pass
+    assert capsys.readouterr().err == ""

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..progress import quiet_unless_enabled
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -99,8 +100,9 @@ def _converted(gguf: Path) -> Path:
 
     try:
         kwargs = {"gguf_file": gguf.name, "trust_remote_code": False}  # a GGUF file holds weights, never code
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+        with quiet_unless_enabled():  # transformers' tqdm bar would fill logs with \r-lines
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
     except Exception as exc:  # garbage or a truncated file: OSError, ValueError, struct.error, KeyError...
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise UserError(

@@ -19,7 +19,7 @@ from ..config import RunConfig
 from ..configcheck import checked_config
 from ..errors import UserError
 from ..limits import MAX_GRID, MAX_PROMPTS, check_at_most, check_seed
-from ..rundir import atomic_write
+from ..rundir import RunDir, atomic_write
 from .discovery import HeadsOptions
 
 
@@ -54,8 +54,9 @@ def read_config_json(run: str | Path) -> dict:
 
 
 def read_config(run: str | Path) -> RunConfig:
-    """A run directory's RunConfig (read_config_json's errors, or a UserError for an invalid config)."""
-    return checked_config(read_config_json(run), str(Path(run) / "config.json"))
+    """The RunConfig a run directory was started with: UserError when config.json is missing, invalid, or not
+    the one its status.json fingerprint binds to the run (edited or replaced: its weights may not match it)."""
+    return checked_config(RunDir(Path(run)).read_config(), str(Path(run) / "config.json"))
 
 
 def load_setup(cfg: RunConfig):

@@ -24,6 +24,7 @@ from abft.cli import main
 from abft.config import RunConfig
 from abft.errors import UserError
 from abft.models.params import find_qk_slices, save_delta
+from abft.rundir import RunDir
 
 SMALL = ["--k", "2", "--train-samples", "8", "--pseudo-batch-size", "4", "--epochs", "1", "--test-samples", "8"]
 
@@ -385,7 +386,7 @@ def test_delta_that_does_not_match_the_model(capsys, tmp_path, model_dir, data_c
     run.mkdir()
     cfg = RunConfig()
     cfg.model.model, cfg.data.dataset, cfg.data.k = str(model_dir), str(data_csv), 2
-    (run / "config.json").write_text(cfg.to_json())
+    RunDir(run).write_config(json.loads(cfg.to_json()))  # with the fingerprint status.json binds it by
     delta = run / "delta.safetensors"
     if kind == "other architecture":
         gpt2 = tiny_gpt2()
@@ -404,7 +405,7 @@ def test_delta_that_does_not_match_the_model(capsys, tmp_path, model_dir, data_c
         delta.write_bytes(b"not a safetensors file at all")
         message = "is not a readable safetensors file"
     _fails(capsys, ["report", str(run), "--with-model"], message)
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "delta.safetensors"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "delta.safetensors", "status.json"]
 
 
 def test_overwrite_replaces_the_whole_run_directory(tmp_path):

@@ -34,6 +34,7 @@ from abft.report.commands import interpolate_runs
 from abft.report.discovery import HeadsOptions, circuit_heads, discover_heads, induction_stripe, prefix_matching_scores
 from abft.report.html import write_report
 from abft.report.snapshot import RunSnapshot, last_row
+from abft.rundir import RunDir
 from abft.train import train
 
 os.environ.setdefault("ABFT_NO_PROGRESS", "1")
@@ -301,7 +302,7 @@ def test_interpolation_refuses_runs_of_different_setups(runs, tmp_path):
     shutil.copytree(runs["abft"], other)
     config = json.loads((other / "config.json").read_text())
     config["data"]["k"] = 3
-    (other / "config.json").write_text(json.dumps(config))
+    RunDir(other).write_config(config)  # fingerprinted, as a run started with k=3 would be
 
     def never(*args):
         raise AssertionError("the model must not be loaded")
@@ -309,7 +310,7 @@ def test_interpolation_refuses_runs_of_different_setups(runs, tmp_path):
     with pytest.raises(UserError, match="differ in --k"):
         interpolate_runs(runs["e2e"], other, loader=never)
     config["data"]["k"] = 2
-    (other / "config.json").write_text(json.dumps(config))
+    RunDir(other).write_config(config)
     (other / "delta.safetensors").unlink()
     with pytest.raises(UserError, match="no trained weights"):
         interpolate_runs(runs["e2e"], other, loader=never)

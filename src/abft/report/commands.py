@@ -89,8 +89,8 @@ def recompute_snapshot(run: Path, log=print) -> None:
     from ..objectives import ABFTObjective
     from .snapshot import RunSnapshot
 
-    cfg = read_config(run)
     check_trained(run)
+    cfg = read_config(run)
     log(f"loading {cfg.model.model} and the first test prompt of {cfg.data.dataset}")
     model, tokenizer, builder, dataset = load_setup(cfg)
     prompt = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, 1))[0]

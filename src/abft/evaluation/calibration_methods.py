@@ -10,7 +10,8 @@
 
 ``probs`` is always the (N, C) label distribution of the N test prompts (rows of non-negative numbers; the
 prediction is the argmax) and every method returns an (N, C) float64 array of distributions (rows sum to 1),
-ready for ``metrics.classification_metrics``. Everything is float64 numpy; bad input (non-finite values,
+ready for ``metrics.classification_metrics`` (hidden and kNN replace the prediction: they read only N and C
+from ``probs``). Everything is float64 numpy; bad input (non-finite values,
 negative probabilities, mismatched shapes, a label index outside [0, C)) raises ValueError.
 
 What the caller builds (the model side; every extra prompt uses the test prompts' template and k, and takes
@@ -25,7 +26,8 @@ from its calibration split, which abft keeps for ABFT training):
 * domain (Fei et al. 2023, "Mitigating Label Biases for In-context Learning"): the same, with a query of
   random in-domain words instead of a content-free string. StaICC: M = 128 prompts (k = 4 demonstrations
   each), each query 64 words, each word taken from a random row's text split on spaces
-  (``variants.domain_queries(dataset, 128, length=64)`` draws such words from the demonstration split). The
+  (``variants.domain_queries(dataset, 128, length=64)`` draws such words from the demonstration split, with
+  StaICC's off-by-one kept: it never picks a split's last row or a text's last word). The
   authors' code instead pools the lower-cased words of the unlabelled test texts and draws average-length + 1
   words, plus ``" ."``, for M = 20 queries with the test prompts' demonstrations; abft must not read test
   texts, so use the demonstration split's texts.
@@ -49,10 +51,10 @@ pinned by tests/unit/test_calibration_methods.py:
 
 1. contextual, domain: StaICC's p_cf starts at 1e-5 per label and it returns softmax(p / p_cf) instead of the
    renormalised p / p_cf (see calibration.py). Same decisions, different probabilities.
-2. batch: StaICC returns softmax(p - mean(p)), a difference of *probabilities*. The paper divides by the
-   batch prior, i.e. subtracts it in log space: q = (p / prior) / sum(p / prior) = softmax(log p - log prior)
-   with prior = the chunk's mean probability. For two labels the decisions coincide (both pick label 0 iff
-   p_0 > prior_0); from three labels on they differ, and the probabilities always do.
+2. batch: StaICC returns softmax(p - mean(p)), a difference of *probabilities*. abft removes the batch prior
+   in log space, as contextual calibration removes p_cf: q = (p / prior) / sum(p / prior)
+   = softmax(log p - log prior), prior = the chunk's mean probability. For two labels the decisions coincide
+   (both pick label 0 iff p_0 > prior_0); from three labels on they can differ, and the probabilities do.
 3. hidden: when some label has no calibration example StaICC warns and silently returns the *uncalibrated*
    probabilities; we raise ValueError. Otherwise identical: softmax(-||h - centroid_c||) (StaICC writes it
    as softmax(d_0 - d_c), the same numbers).

@@ -11,8 +11,8 @@
 ``probs`` is always the (N, C) label distribution of the N test prompts (rows of non-negative numbers; the
 prediction is the argmax) and every method returns an (N, C) float64 array of distributions (rows sum to 1),
 ready for ``metrics.classification_metrics`` (hidden and kNN replace the prediction: they read only N and C
-from ``probs``). Everything is float64 numpy; bad input (non-finite values,
-negative probabilities, mismatched shapes, a label index outside [0, C)) raises ValueError.
+from ``probs``). Everything is float64 numpy; bad input (non-finite values, negative probabilities,
+mismatched shapes, a label index outside [0, C)) raises ValueError.
 
 What the caller builds (the model side; every extra prompt uses the test prompts' template and k, and takes
 its query AND its demonstrations from the demonstration split, never from the test split; StaICC takes them

@@ -53,7 +53,7 @@ def test_forty_rows_are_described_and_warned_about(tmp_path):
     line = splits_summary(desc)
     assert line == (
         "data reviews (seeded split of the file): 7 calibration / 30 demonstration / 3 test rows, "
-        "3 distinct test queries; 16 test prompts ask 3 of them (5.33 prompts each)"
+        "3 distinct test queries; 16 test prompts ask 3 of them (5.33 per query)"
     )
     warning = splits_warning(desc)
     assert "\n" not in warning and warning.startswith("reviews: only 3 distinct test queries (fewer than 50)")
@@ -177,6 +177,9 @@ def test_train_and_test_files_as_a_string_a_mapping_and_a_spec(tmp_path, monkeyp
         "test": "b,c.csv",
     }
     assert D.parse_file_spec("sst2") is None and D.parse_file_spec("data/train=x.csv") is None
+    assert D.dataset_stem("test=held out.jsonl,train=data/train.csv") == "train"  # not "train.csv,test=held out"
+    assert D.dataset_stem("calibration=c.csv,demonstration=d.csv,test=t.csv") == "c"
+    assert D.dataset_stem("data/reviews.csv") == "reviews" and D.dataset_stem("sst2") == "sst2"
 
 
 def test_calibration_demonstration_and_test_files(tmp_path):

@@ -26,7 +26,7 @@ from .staicc import (
     restricted_loads,
 )
 from .templates import L9_TABLE, Template, consistency_templates, default_template
-from .userdata import format_file_spec, load_any, load_user_dataset, parse_file_spec
+from .userdata import dataset_stem, format_file_spec, load_any, load_user_dataset, parse_file_spec
 
 # `test_pairs` is a library function, not a pytest test: keep pytest from collecting it when imported.
 test_pairs.__test__ = False
@@ -42,6 +42,7 @@ __all__ = [
     "Template",
     "consistency_templates",
     "dataset_info",
+    "dataset_stem",
     "default_template",
     "demonstration_sets",
     "describe_splits",

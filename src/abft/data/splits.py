@@ -58,7 +58,7 @@ def describe_splits(dataset: Dataset, test_samples: int | None = None) -> dict:
 
 def splits_summary(desc: dict) -> str:
     """One line for the log, e.g. `data reviews (seeded split of the file): 7 calibration / 30 demonstration /
-    3 test rows, 3 distinct test queries; 16 test prompts ask 3 of them (5.33 prompts each)`."""
+    3 test rows, 3 distinct test queries; 16 test prompts ask 3 of them (5.33 per query)`."""
     made_by = _MADE_BY.get(desc.get("made_by"), str(desc.get("made_by")))
     line = (
         f"data {desc['dataset']} ({made_by}): {desc['calibration']} calibration / {desc['demonstration']} "
@@ -67,7 +67,7 @@ def splits_summary(desc: dict) -> str:
     if "test_prompts" in desc:
         line += (
             f"; {desc['test_prompts']} test prompts ask {desc['test_prompt_queries']} of them"
-            f" ({desc['prompts_per_query']:g} prompts each)"
+            f" ({desc['prompts_per_query']:g} per query)"
         )
     return line
 

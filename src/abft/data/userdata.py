@@ -223,6 +223,15 @@ def format_file_spec(files: Mapping[str, str | Path]) -> str:
     return ",".join(f"{key}={files[key]}" for key in FILE_KEYS if files.get(key) is not None)
 
 
+def dataset_stem(spec: str) -> str:
+    """A short name for `--dataset`'s value without loading it (run directory names): the train (or
+    calibration) file's stem for split files, else the file's stem, or the StaICC name as given."""
+    files = None if Path(spec).is_file() else parse_file_spec(spec)
+    if files:
+        return Path(files.get("train") or files.get("calibration") or files.get("test") or "data").stem
+    return Path(spec).stem
+
+
 def load_user_dataset(
     path: str | Path | None = None,
     text_column: str = "text",

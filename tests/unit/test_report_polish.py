@@ -176,3 +176,16 @@ def test_attention_maps_without_tokens_or_of_the_wrong_shape(tmp_path):
     example["after"]["layer_mean"] = [[1.0]]
     with pytest.raises(ValueError, match="layer maps of shapes"):
         figures.example_attention_plot(example)
+
+
+@pytest.mark.parametrize(
+    "splits",
+    [{"test": "x", "calibration": [1]}, {"dataset": 5, "prompts_per_query": "many"}, ["not", "a", "dict"], {}],
+)
+def test_data_splits_of_another_shape_still_render(tmp_path, splits):
+    run = _run(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["data_splits"] = splits
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    page = _page(run)
+    assert "<h1>abft report" in page and ("<h2>Data</h2>" in page) == (isinstance(splits, dict) and bool(splits))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from objective_patches import nan_from_step_2, patch_loss
 from safetensors.torch import save_file
 from tiny_models import tiny_gpt2, tiny_llama
 
@@ -24,6 +25,7 @@ from abft.cli import main
 from abft.config import RunConfig
 from abft.errors import UserError
 from abft.models.params import find_qk_slices, save_delta
+from abft.rundir import RunDir
 
 SMALL = ["--k", "2", "--train-samples", "8", "--pseudo-batch-size", "4", "--epochs", "1", "--test-samples", "8"]
 
@@ -263,22 +265,13 @@ def test_evaluate_checks_its_sizes_too(capsys, tmp_path, model_dir, data_csv):
 def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_marks_the_run_failed(
     capsys, tmp_path, model_dir, data_csv, monkeypatch
 ):
-    import abft.train
-
-    class Diverging(abft.train.ABFTObjective):
-        calls = 0
-
-        def __call__(self, *args, **kwargs):
-            loss, heads = super().__call__(*args, **kwargs)
-            Diverging.calls += 1
-            return (loss * float("nan") if Diverging.calls >= 2 else loss), heads  # step 2 (one micro-batch a step)
-
-    monkeypatch.setattr(abft.train, "ABFTObjective", Diverging)
+    patch_loss(monkeypatch, nan_from_step_2)
     out = tmp_path / "run"
     argv = ["run", "--model", str(model_dir), "--dataset", str(data_csv), *SMALL, "--no-fore-test", "--output", out]
     line = _fails(capsys, [str(a) for a in argv], "loss became nan at step 2; the last good checkpoint is kept")
     status = json.loads((out / "status.json").read_text())
-    assert status["state"] == "failed" and status["error"] == line.removeprefix("abft: error: ")
+    # status.json holds the library's wording (parameters by name), the CLI the same error with its flags
+    assert status["state"] == "failed" and status["error"] == line.removeprefix("abft: error: ").replace("--lr", "lr")
     state = load_checkpoint(out / "checkpoint")  # the state after step 1, finite
     assert [r["step"] for r in state["records"]] == [1] and all(bool(p.isfinite().all()) for p in state["params"])
     assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1]
@@ -385,7 +378,7 @@ def test_delta_that_does_not_match_the_model(capsys, tmp_path, model_dir, data_c
     run.mkdir()
     cfg = RunConfig()
     cfg.model.model, cfg.data.dataset, cfg.data.k = str(model_dir), str(data_csv), 2
-    (run / "config.json").write_text(cfg.to_json())
+    RunDir(run).write_config(json.loads(cfg.to_json()))  # bound to the run by its fingerprint
     delta = run / "delta.safetensors"
     if kind == "other architecture":
         gpt2 = tiny_gpt2()
@@ -404,7 +397,7 @@ def test_delta_that_does_not_match_the_model(capsys, tmp_path, model_dir, data_c
         delta.write_bytes(b"not a safetensors file at all")
         message = "is not a readable safetensors file"
     _fails(capsys, ["report", str(run), "--with-model"], message)
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "delta.safetensors"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "delta.safetensors", "status.json"]
 
 
 def test_overwrite_replaces_the_whole_run_directory(tmp_path):

@@ -18,6 +18,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
+from objective_patches import nan_from_step_2, patch_loss
 from test_bad_input import SMALL, _rows
 
 import abft.report.html
@@ -61,19 +62,11 @@ def bases(tmp_path_factory, tiny_word_model_dir):
     data.write_text(_rows(400))
     argv = ["run", "--model", str(tiny_word_model_dir), "--dataset", str(data), *SMALL, "--no-post-test"]
 
-    class Diverging(abft.train.ABFTObjective):
-        calls = 0
-
-        def __call__(self, *args, **kwargs):
-            loss, heads = super().__call__(*args, **kwargs)
-            Diverging.calls += 1
-            return (loss * float("nan") if Diverging.calls >= 2 else loss), heads
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ABFT_NO_PROGRESS", "1")
         mp.setattr(abft.report.html, "write_report", lambda path: Path(path) / "report.html")
         assert main([*argv, "--no-fore-test", "--output", str(root / "finished")]) == 0
-        mp.setattr(abft.train, "ABFTObjective", Diverging)
+        patch_loss(mp, nan_from_step_2)
         with contextlib.redirect_stderr(io.StringIO()):
             assert main([*argv, "--no-fore-test", "--output", str(root / "failed")]) == 2
     return {"failed": root / "failed", "finished": root / "finished"}

@@ -373,12 +373,13 @@ def test_each_prompt_is_scored_once_per_stage(tok, fake_scorer):
 
 
 def test_flags_parse():
-    from abft.cli import _config, build_parser
+    from abft.cli import build_parser
+    from abft.cli.flags import config_from_args
 
     args = build_parser().parse_args(
         ["run", "--test-type", "normal", "demo", "--generalization-test", "--unseen-label-test", "--bias-test"]
     )
-    ev = _config(args).eval
+    ev = config_from_args(args).eval
     assert ev.test_type == ("normal", "demo") and ev.generalization_test and ev.unseen_label_test and ev.bias_test
     assert not ev.calibration
     assert RunConfig().eval.test_type == ("normal",) and suites.selected(RunConfig()) == ["normal"]

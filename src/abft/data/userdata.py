@@ -160,6 +160,32 @@ def _check_spec(spec, base: Path | None) -> dict:
     return spec
 
 
+def _columns(records: list, header, tcol: str, lcol: str, data_path: Path) -> tuple[list[str], list]:
+    """(texts, raw labels) of the rows; UserError naming the first row or column that is not usable."""
+    if header is not None:
+        for col in (tcol, lcol):
+            if col not in header:
+                raise UserError(f"{data_path} has no column '{col}' (columns: {header}); name the right column")
+    texts, raw = [], []
+    for n, rec in enumerate(records, 1):
+        where = f"{data_path} row {n}"
+        if not isinstance(rec, dict):
+            raise UserError(f"{where} is not an object with '{tcol}' and '{lcol}' fields")
+        t, y = rec.get(tcol), rec.get(lcol)
+        if t is None or y is None:
+            col = tcol if t is None else lcol
+            raise UserError(f"{where} has no value for '{col}'; fill it in or drop the row")
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            t = str(t)
+        if not isinstance(t, str):
+            raise UserError(f"{where}: '{tcol}' must be text, got {type(t).__name__}")
+        if isinstance(y, (bool, list, dict)):
+            raise UserError(f"{where}: '{lcol}' must be a label word or index, got {y!r}")
+        texts.append(t)
+        raw.append(y)
+    return texts, raw
+
+
 def load_user_dataset(
     path: str | Path | None = None,
     text_column: str = "text",
@@ -207,27 +233,7 @@ def load_user_dataset(
     if not records:
         raise UserError(f"{data_path} has no data rows; add some")
     tcol, lcol = opts["text_column"], opts["label_column"]
-    if header is not None:
-        for col in (tcol, lcol):
-            if col not in header:
-                raise UserError(f"{data_path} has no column '{col}' (columns: {header}); name the right column")
-    texts, raw = [], []
-    for n, rec in enumerate(records, 1):
-        where = f"{data_path} row {n}"
-        if not isinstance(rec, dict):
-            raise UserError(f"{where} is not an object with '{tcol}' and '{lcol}' fields")
-        t, y = rec.get(tcol), rec.get(lcol)
-        if t is None or y is None:
-            col = tcol if t is None else lcol
-            raise UserError(f"{where} has no value for '{col}'; fill it in or drop the row")
-        if isinstance(t, (int, float)) and not isinstance(t, bool):
-            t = str(t)
-        if not isinstance(t, str):
-            raise UserError(f"{where}: '{tcol}' must be text, got {type(t).__name__}")
-        if isinstance(y, (bool, list, dict)):
-            raise UserError(f"{where}: '{lcol}' must be a label word or index, got {y!r}")
-        texts.append(t)
-        raw.append(y)
+    texts, raw = _columns(records, header, tcol, lcol, data_path)
     if opts["label_words"] is None:
         if any(not isinstance(y, str) or y.strip().lstrip("-").isdigit() for y in raw):
             raise UserError(f"{data_path}: labels look like indices; give the label words (one per index)")

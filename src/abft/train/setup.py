@@ -1,0 +1,82 @@
+"""What training needs from the model before the first step: the trainable W_Q/W_K (or LoRA adapters), the
+attention function that captures last rows, activation checkpointing; and the model put back afterwards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import distributed
+from ..attention import use_last_row_attention
+from ..config import TrainConfig, check_restricted_gradient
+from ..errors import UserError, param
+from ..models.lora import add_lora, has_lora
+from ..models.params import QKSlice, TrainableParams, find_qk_slices, mark_trainable, zero_inactive_heads
+from ..recipe import resolve as resolve_recipe
+
+
+@dataclass
+class Trainable:
+    slices: list[QKSlice]
+    params: TrainableParams
+    named: list[tuple[str, torch.nn.Parameter]]  # (name, parameter) of params: restricted-gradient updates
+    device: torch.device
+
+
+def prepare(model, cfg: TrainConfig) -> Trainable:
+    """Check cfg, add LoRA when asked (and not there yet), resolve the recipe, mark the trainable tensors
+    (the same start on every process) and switch the model to training."""
+    cfg.validate()
+    if cfg.lora_r and not has_lora(model):
+        add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    resolve_recipe(cfg, model)  # a no-op for settings given (the runner resolves and records them first)
+    check_restricted_gradient(cfg.restricted_gradient, has_lora(model), distributed.sharded())
+    device = next(model.parameters()).device
+    slices = find_qk_slices(model)
+    params = mark_trainable(model, slices, cfg.train_bias)
+    names = {id(p): n for n, p in model.named_parameters()}
+    distributed.broadcast_params(params)  # the same start everywhere (LoRA's A is random)
+    use_last_row_attention(model)
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(model)
+    model.train()
+    return Trainable(slices, params, [(names[id(p)], p) for p in params], device)
+
+
+def finish(model, cfg: TrainConfig) -> None:
+    """The model back in evaluation mode with nothing trainable (also after an error)."""
+    if cfg.gradient_checkpointing:
+        _disable_checkpointing(model)
+    model.eval()
+    model.requires_grad_(False)
+
+
+def masked_backward(loss, named: list[tuple[str, torch.Tensor]], slices, active: torch.Tensor) -> None:
+    """Accumulate this example's gradient only into the rows of its induction heads (`active`: (L, Hq))."""
+    if not loss.requires_grad:
+        return
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    by_name = {name: g for (name, _), g in zip(named, grads, strict=True) if g is not None}
+    zero_inactive_heads(by_name, slices, active)
+    for name, p in named:
+        if name in by_name:
+            p.grad = by_name[name] if p.grad is None else p.grad + by_name[name]
+
+
+def _enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing (transformers applies it in train mode only)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"{type(model).__name__} does not support {param('gradient_checkpointing')}")
+    kwargs = {"use_reentrant": False}  # reentrant checkpointing would cut the captured rows' gradients
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _disable_checkpointing(model) -> None:
+    if hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()

@@ -126,8 +126,8 @@ def recompute_snapshot(run: Path, log=print) -> None:
     from ..data import test_pairs
     from ..models.params import check_trained, load_delta
 
+    check_trained(run)  # before the config: "no trained weights" is the more useful refusal
     cfg = read_run_config(run)
-    check_trained(run)
     log(f"loading {cfg.model.model} and the first test prompt of {cfg.data.dataset}")
     model, tokenizer, builder, dataset = load_setup(cfg)
     prompt = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, 1))[0]

@@ -6,11 +6,15 @@
     test = builder.build_pairs(ds, test_pairs(ds, k=4))          # StaICC's 1024 test prompts
     train = builder.build_pairs(ds, train_pairs(ds, k=4, n=512, seed=0))
 
-See abft.data.prompts for the label-token decision ("space" vs "staicc" mode).
+    log(splits_summary(describe_splits(ds, test_samples=1024)))  # split sizes, distinct test queries
+
+See abft.data.prompts for the label-token decision ("space" vs "staicc" mode), abft.data.userdata for user
+files and their splits (a split column, or separate train / test files).
 """
 
 from .prompts import Prompt, PromptBuilder
 from .sampling import LCG, demonstration_sets, test_pairs, train_pairs, validation_pairs
+from .splits import describe_splits, splits_summary, splits_warning
 from .staicc import (
     PAPER_DATASETS,
     Dataset,
@@ -22,7 +26,7 @@ from .staicc import (
     restricted_loads,
 )
 from .templates import L9_TABLE, Template, consistency_templates, default_template
-from .userdata import load_any, load_user_dataset
+from .userdata import dataset_stem, format_file_spec, load_any, load_user_dataset, parse_file_spec
 
 # `test_pairs` is a library function, not a pytest test: keep pytest from collecting it when imported.
 test_pairs.__test__ = False
@@ -38,14 +42,20 @@ __all__ = [
     "Template",
     "consistency_templates",
     "dataset_info",
+    "dataset_stem",
     "default_template",
     "demonstration_sets",
+    "describe_splits",
+    "format_file_spec",
     "list_datasets",
     "load_any",
     "load_dataset",
     "load_user_dataset",
+    "parse_file_spec",
     "read_dataset_file",
     "restricted_loads",
+    "splits_summary",
+    "splits_warning",
     "test_pairs",
     "train_pairs",
     "validation_pairs",

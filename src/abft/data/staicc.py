@@ -127,6 +127,7 @@ class Dataset:
     calibration: list[int]  # indices into rows
     demonstration: list[int]
     test: list[int]
+    made_by: str = "staicc"  # how the splits were made: staicc, seeded, column or files (data.userdata)
 
 
 class _GlobalRefused(pickle.UnpicklingError):

@@ -19,6 +19,8 @@ Reference points:
 The prompt construction (which content-free strings, how many demonstration sets) belongs to the caller;
 this module only does the arithmetic: one W for many predictions (``fit_contextual_calibration`` +
 ``apply_calibration``), or one p_cf per prediction for a whole batch at once (``calibrate_contextual``).
+The other StaICC baselines (domain, batch, hidden, kNN) and the ``CALIBRATIONS`` registry are in
+calibration_methods.py.
 """
 
 from __future__ import annotations

@@ -96,10 +96,11 @@ def add_lora(model: torch.nn.Module, r: int, alpha: float = 32.0, dropout: float
     return model
 
 
-def save_adapter(model: torch.nn.Module, directory: str | Path) -> Path:
+def save_adapter(model: torch.nn.Module, directory: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Write a peft adapter directory (adapter_config.json + adapter_model.safetensors), atomically.
 
-    The layout is PeftModel.save_pretrained's, so `PeftModel.from_pretrained(base, directory)` loads it.
+    The layout is PeftModel.save_pretrained's, so `PeftModel.from_pretrained(base, directory)` loads it;
+    `metadata`: more safetensors metadata (abft's base-model fingerprint; peft does not read it).
     """
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -115,7 +116,7 @@ def save_adapter(model: torch.nn.Module, directory: str | Path) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     try:
-        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={**(metadata or {}), "format": "pt"})
         saved = copy.deepcopy(config)
         saved.inference_mode = True  # as PeftModel.save_pretrained writes it
         saved.save_pretrained(str(tmp))

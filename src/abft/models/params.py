@@ -7,6 +7,7 @@
     save_delta(model, slices, path); load_delta(model, path)
     tensors = read_qk(path); assign_qk(model, tensors, slices)   # load_delta in two steps
     save_trained(model, run_dir, meta)      # delta.safetensors, or adapter/ when the model carries LoRA
+    read_meta(path); check_base(model, meta, slices, path)   # the base-model fingerprint load_delta checks
     base = BaseWeights(model)               # W_Q/W_K before training (one per run), keyed as trained_tensors
 
 With LoRA (models.lora) the slices still name the base W_Q/W_K, by their names without peft's wrapper
@@ -17,12 +18,18 @@ then trains the adapters' lora_A / lora_B instead, and trained_tensors reports t
 A slice names a parameter and the range of output features that belong to Q or K, so separate
 projections (q_proj / k_proj) and fused ones (GPT-2's c_attn, Q|K|V along its output axis) share one
 mechanism: gradient masks, restricted-gradient head masks and saved tensors are all per slice.
+
+Saved weights name their base model: delta.safetensors's metadata (and a LoRA adapter's
+adapter_model.safetensors's) holds the base model's name and fingerprint (models.fingerprint), and
+load_delta refuses another base, after the shape checks and before changing anything; weights saved before
+fingerprints existed load unchecked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,9 +41,11 @@ from .. import distributed
 from ..errors import UserError
 from ..errors import param as named_param  # `param` names tensors here
 from .arch import QKSlice, find_qk_slices, is_lora_layer, owner, qk_param
+from .fingerprint import DTYPE_NAMES, base_fingerprint
 from .lora import ADAPTER_DIR, adapters_disabled, delta_weight, has_lora, merge_adapter, save_adapter
 
 DELTA_FILE = "delta.safetensors"  # inside a run directory: the trained W_Q/W_K of a run without LoRA
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # inside an adapter directory (peft's name)
 
 
 def _select(tensor: torch.Tensor, s: QKSlice, is_bias: bool) -> torch.Tensor:
@@ -173,19 +182,11 @@ def trained_tensors(model: torch.nn.Module, slices: list[QKSlice], effective: bo
     return out
 
 
-def assign_qk(
-    model: torch.nn.Module,
-    tensors: dict[str, torch.Tensor],
-    slices: Iterable[QKSlice] | None = None,
-    source: str | Path | None = None,
-) -> None:
-    """Copy `tensors` (keyed as trained_tensors) into the model's Q/K slices, in place.
-
-    Every key and shape is checked first, so a mismatch (a UserError naming `source`, e.g. the file they came
-    from) leaves the model unchanged.
-    """
-    slices = list(slices) if slices is not None else find_qk_slices(model)
-    what = source if source is not None else "these weights"
+def _places(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], slices: list[QKSlice], what
+) -> dict[str, tuple[str, QKSlice, bool]]:
+    """{key: (parameter, slice, is_bias)} of `tensors` in the model; a UserError naming `what` when a key or a
+    shape does not fit."""
     places: dict[str, tuple[str, QKSlice, bool]] = {}  # key -> (parameter, slice, is_bias)
     for s in slices:
         places[f"{s.param}@{s.kind}"] = (s.param, s, False)
@@ -204,6 +205,22 @@ def assign_qk(
                 f"{what}: '{key}' has shape {tuple(tensors[key].shape)}, the model {tuple(shape)}; "
                 "load it onto its base model"
             )
+    return places
+
+
+def assign_qk(
+    model: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    slices: Iterable[QKSlice] | None = None,
+    source: str | Path | None = None,
+) -> None:
+    """Copy `tensors` (keyed as trained_tensors) into the model's Q/K slices, in place.
+
+    Every key and shape is checked first, so a mismatch (a UserError naming `source`, e.g. the file they came
+    from) leaves the model unchanged.
+    """
+    slices = list(slices) if slices is not None else find_qk_slices(model)
+    places = _places(model, tensors, slices, source if source is not None else "these weights")
     with torch.no_grad():
         for name in dict.fromkeys(name for name, _, _ in places.values()):
             data = qk_param(model, name).data
@@ -217,20 +234,33 @@ def assign_qk(
 
 
 def save_delta(model: torch.nn.Module, slices: list[QKSlice], path: Path, meta: dict | None = None) -> None:
-    """Write the trained W_Q/W_K values (not differences) to a safetensors file, atomically."""
+    """Write the trained W_Q/W_K values (not differences) to a safetensors file, atomically.
+
+    Its metadata names the base model (`meta["model"]`, else the model's name_or_path) and its fingerprint
+    (models.fingerprint: the weights the file does not replace, so the trained model itself gives it), which
+    load_delta checks."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    # one metadata key: safetensors does not keep the order of several, and the file must be byte-stable
-    metadata = {"abft": json.dumps({"format": "abft-qk", **(meta or {})}, sort_keys=True)}
-    save_file(trained_tensors(model, slices), str(tmp), metadata=metadata)
+    save_file(trained_tensors(model, slices), str(tmp), metadata=_metadata(model, slices, "abft-qk", meta))
     tmp.replace(path)
 
 
+def _metadata(model: torch.nn.Module, replaced: list[QKSlice], kind: str, meta: dict | None) -> dict[str, str]:
+    """safetensors metadata of saved trained weights: {"abft": JSON of format, base model name, fingerprint}."""
+    info = {"format": kind, "model": getattr(model, "name_or_path", "") or "", **(meta or {})}
+    info.update(base_fingerprint(model, replaced) or {})
+    # one metadata key: safetensors does not keep the order of several, and the file must be byte-stable
+    return {"abft": json.dumps(info, sort_keys=True)}
+
+
 def save_trained(model: torch.nn.Module, directory: str | Path, meta: dict | None = None) -> Path:
-    """Save what training changed into a run directory: adapter/ (LoRA) or delta.safetensors; returns it."""
+    """Save what training changed into a run directory: adapter/ (LoRA) or delta.safetensors; returns it.
+
+    Both carry the base model's fingerprint (delta: in its metadata; adapter: in adapter_model.safetensors's
+    metadata, which peft ignores)."""
     directory = Path(directory)
     if has_lora(model):
-        return save_adapter(model, directory / ADAPTER_DIR)
+        return save_adapter(model, directory / ADAPTER_DIR, metadata=_metadata(model, [], "abft-lora", meta))
     save_delta(model, find_qk_slices(model), directory / DELTA_FILE, meta)
     return directory / DELTA_FILE
 
@@ -263,21 +293,77 @@ def read_qk(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is not a readable safetensors file ({type(exc).__name__}); train it again") from exc
 
 
+def read_meta(path: str | Path) -> dict:
+    """abft's metadata of saved trained weights (a delta file, an adapter directory or its .safetensors): {} for
+    weights saved before abft wrote any; a UserError when the file or its metadata is not readable."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / ADAPTER_WEIGHTS
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("abft")
+    except Exception as exc:  # SafetensorError / OSError: damaged, truncated or not a safetensors file
+        raise UserError(f"{path} is not a readable safetensors file ({type(exc).__name__}); train it again") from exc
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    fingerprint = meta.get("base_fingerprint") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or (
+        "base_fingerprint" in meta
+        and not (
+            isinstance(fingerprint, str)
+            and re.fullmatch("[0-9a-f]{64}", fingerprint)
+            and meta.get("base_dtype") in DTYPE_NAMES
+        )
+    ):
+        raise UserError(f"{path}: its abft metadata is not as abft writes it (edited or damaged); train it again")
+    return meta
+
+
+def check_base(model: torch.nn.Module, meta: dict, replaced: Iterable[QKSlice], source: str | Path) -> None:
+    """UserError (one line, both fingerprints) when saved weights with `meta` (read_meta) name another base
+    model than `model`; weights without a fingerprint (saved by an older abft) pass."""
+    recorded = meta.get("base_fingerprint")
+    if recorded is None:
+        return
+    mine = base_fingerprint(model, replaced, dtype=meta["base_dtype"])
+    if mine is None:  # a 4-bit model: its bytes are not the base's weights
+        raise UserError(f"{source} cannot be checked against a 4-bit model; load its base in full precision")
+    if mine["base_fingerprint"] != recorded:
+        name = meta.get("model")
+        raise UserError(
+            f"{source} was trained on another base model"
+            + (f" ({name})" if isinstance(name, str) and name else "")
+            + f": fingerprint {recorded[:16]}, this model's {mine['base_fingerprint'][:16]} "
+            f"({meta['base_dtype']}); load it onto its base model"
+        )
+
+
 def load_delta(model: torch.nn.Module, path: str | Path, slices: Iterable[QKSlice] | None = None) -> None:
     """Copy saved W_Q/W_K values into `model` in place (a run directory, its .safetensors file or adapter).
 
     A LoRA adapter (a run directory's adapter/, or an adapter directory) is merged into the base weights
-    (models.lora.merge_adapter).
+    (models.lora.merge_adapter). Weights that name a base-model fingerprint are refused on another base
+    (check_base); the model is left unchanged by any refusal.
     """
     path = Path(path)
     if path.is_dir():  # a run directory, or an adapter directory itself
         path = trained_weights(path) or (path if (path / "adapter_config.json").is_file() else path / DELTA_FILE)
     if path.is_dir():
+        if (path / ADAPTER_WEIGHTS).is_file():
+            check_base(model, read_meta(path), [], path)
         merge_adapter(model, path)
         return
     if not path.is_file():
         raise UserError(f"no trained weights at {path}")
-    assign_qk(model, read_qk(path), slices, source=path)
+    tensors = read_qk(path)
+    slices = list(slices) if slices is not None else find_qk_slices(model)
+    _places(model, tensors, slices, path)  # a model of another shape: named by its tensors, not a fingerprint
+    check_base(model, read_meta(path), slices, path)
+    assign_qk(model, tensors, slices, source=path)
 
 
 class BaseWeights:

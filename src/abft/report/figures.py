@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 DPI = 100
 SIZES = {  # inches
     "heads": (13.0, 11.0),
-    "example_attention": (14.0, 9.0),
+    "example_attention": (14.0, 12.0),
     "training": (9.0, 8.0),
     "validation": (9.0, 4.0),
     "qk_shift": (10.0, 4.5),
@@ -103,45 +103,98 @@ def heads_figure(before: dict, after: dict) -> bytes:
     return _png(fig)
 
 
+MAX_TOKEN_LABELS = 200  # more tokens than this: every n-th token labelled (and every label token)
+
+
+def _token_axis(ax, tokens: list[str], positions, prompt: dict, gold: int) -> None:
+    """Label the x axis of `ax` (token positions `positions`) with the tokens; label tokens bold and coloured."""
+    step = max(1, math.ceil(len(positions) / MAX_TOKEN_LABELS))
+    labels = set(prompt.get("label_positions", []))
+    shown = [p for i, p in enumerate(positions) if i % step == 0 or p in labels]
+    ax.set_xticks(shown)
+    size = max(4, min(8, 600 // max(len(shown), 1)))
+    ax.set_xticklabels([tokens[p] for p in shown], rotation=90, fontsize=size, parse_math=False)
+    demo_labels = dict(zip(prompt.get("label_positions", []), prompt.get("demo_labels", []), strict=False))
+    for tick, position in zip(ax.get_xticklabels(), shown, strict=True):
+        if position in demo_labels:
+            tick.set_fontweight("bold")
+            tick.set_color("tab:green" if demo_labels[position] == gold else "tab:red")
+
+
 def example_attention_figure(example: dict, label_words=None) -> bytes:
-    """Layer x token maps of the last token's attention before/after, and the induction-head mean over tokens."""
+    return _png(example_attention_plot(example, label_words))
+
+
+def example_attention_plot(example: dict, label_words=None) -> MplFigure:
+    """Layer x token maps of the last token's attention before/after, and the induction-head mean over tokens.
+
+    The first token (BOS where the tokenizer adds one) is an attention sink that takes most of the attention,
+    so it is drawn apart, in narrow panels on the left with their own scale; the maps and the curve show the
+    other tokens on one shared scale. The token axis is labelled with the prompt's tokens."""
     prompt = example["prompt"]
-    tokens = [_text(t) for t in prompt["tokens"]]
     before, after = example["before"], example["after"]
+    maps = [np.asarray(side["layer_mean"], dtype=float) for side in (before, after)]  # (L, T) each
+    n_tokens = maps[0].shape[1]
+    if n_tokens < 2 or maps[1].shape != maps[0].shape:
+        raise ValueError(f"example_attention.json: layer maps of shapes {maps[0].shape}, {maps[1].shape}")
+    tokens = [_text(str(t)) for t in prompt.get("tokens", [])]
+    if len(tokens) != n_tokens:
+        tokens = [str(i) for i in range(n_tokens)]
     gold = prompt["gold"]
+    union = example.get("mean_over_heads", 0)
+    key = "induction_mean" if union else "all_mean"
+    curves = [np.asarray(side[key], dtype=float) for side in (before, after)]
+    rest = np.arange(1, n_tokens)  # token positions drawn in the main panels
     fig = _new("example_attention")
-    axes = fig.subplots(3, 1, height_ratios=[1, 1, 1.1])
-    top = max(float(np.max(before["layer_mean"])), float(np.max(after["layer_mean"])), 1e-9)
-    for ax, side, name in ((axes[0], before, "before"), (axes[1], after, "after")):
-        _heatmap(fig, ax, side["layer_mean"], f"{name}: mean over heads, per layer", "magma", 0, top)
-        ax.set_xlabel("")
-        ax.set_xticks([])
-    x = np.arange(len(tokens))
-    ax = axes[2]
+    grid = fig.add_gridspec(3, 2, width_ratios=[1, 10], height_ratios=[1, 1, 1.1])
+    first_top = max(float(m[:, 0].max()) for m in maps)
+    top = max(max(float(m[:, 1:].max()) for m in maps), 1e-9)
+    layers = np.arange(maps[0].shape[0])
+    main = None
+    for row, (m, name) in enumerate(zip(maps, ("before", "after"), strict=True)):
+        first = fig.add_subplot(grid[row, 0])
+        first.barh(layers, m[:, 0], color="tab:gray", height=0.8)
+        first.set_xlim(0, max(first_top, 1e-9) * 1.05)  # the first token's own scale
+        first.set_ylim(-0.5, len(layers) - 0.5)
+        first.set_ylabel("layer")
+        first.set_title(f"first token ({tokens[0]})", fontsize=8, parse_math=False)
+        first.tick_params(axis="x", labelsize=6)
+        first.yaxis.set_major_locator(MaxNLocator(integer=True))
+        main = fig.add_subplot(grid[row, 1], sharex=main)
+        image = main.imshow(
+            m[:, 1:], aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=top, interpolation="nearest",
+            extent=(0.5, n_tokens - 0.5, -0.5, len(layers) - 0.5),
+        )  # fmt: skip
+        main.set_title(f"{name}: mean over heads, per layer (first token left out; its own panel on the left)",
+                       fontsize=10)  # fmt: skip
+        main.yaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.colorbar(image, ax=main, shrink=0.85)
+        _token_axis(main, tokens, rest, prompt, gold)
+    first = fig.add_subplot(grid[2, 0])
+    first.bar([0, 1], [curves[0][0], curves[1][0]], color=["tab:gray", "tab:blue"])
+    first.set_xticks([0, 1])
+    first.set_xticklabels(["before", "after"], fontsize=7)
+    first.set_title("first token", fontsize=8)
+    first.tick_params(axis="y", labelsize=6)
+    ax = fig.add_subplot(grid[2, 1], sharex=main)
     for position, label in zip(prompt["label_positions"], prompt["demo_labels"], strict=True):
         color = "tab:green" if label == gold else "tab:red"
         ax.axvspan(position - 0.5, position + 0.5, color=color, alpha=0.25, linewidth=0)
-    union = example.get("mean_over_heads", 0)
-    key = "induction_mean" if union else "all_mean"
-    for side, name, color in ((before, "before", "tab:gray"), (after, "after", "tab:blue")):
+    for side, curve, name, color in (
+        (before, curves[0], "before", "tab:gray"),
+        (after, curves[1], "after", "tab:blue"),
+    ):
         label = f"{name} ({side['induction_heads']} heads pass the filter)"
-        ax.plot(x, side[key], color=color, marker=".", label=label)
-    ax.set_xlim(-0.5, len(tokens) - 0.5)
+        ax.plot(rest, curve[1:], color=color, marker=".", label=label)
+    ax.set_xlim(0.5, max(n_tokens - 0.5, 1.0))
     ax.set_ylabel("attention")
     what = f"the {union} heads passing ABFT's filter before or after" if union else "all heads and layers"
-    ax.set_title(
-        f"mean over {what}; label tokens shaded (green: gold label, red: other labels)",
-        fontsize=10,
-    )
-    ax.set_xticks(x)
-    ax.set_xticklabels(tokens, rotation=90, fontsize=max(4, min(8, 600 // max(len(tokens), 1))), parse_math=False)
-    for tick, position in zip(ax.get_xticklabels(), x, strict=True):
-        if position in prompt["label_positions"]:
-            tick.set_fontweight("bold")
+    ax.set_title(f"mean over {what}; label tokens shaded (green: gold label, red: other labels)", fontsize=10)
+    _token_axis(ax, tokens, rest, prompt, gold)
     ax.legend(loc="upper left", fontsize=8)
     gold_name = label_words[gold] if label_words and 0 <= gold < len(label_words) else str(gold)
     fig.suptitle(f"Last-token attention over one test prompt (gold label: {_text(gold_name)})", parse_math=False)
-    return _png(fig)
+    return fig
 
 
 def training_figure(log: list[dict]) -> bytes:
@@ -240,16 +293,30 @@ def before_after(metrics: dict, missing=None) -> list[tuple[str, object, object]
 
 
 def score_pairs(metrics: dict) -> list[tuple[str, float | None, float | None]]:
-    """(metric, before, after) for every accuracy / consistency in [0, 1] of every protocol (no slopes)."""
+    """(metric, before, after) for every accuracy / consistency in [0, 1] of every protocol (no slopes, no
+    standard errors: those are the bars' error bars)."""
     out = []
     for key, *sides in before_after(metrics):
         last = key.rsplit(".", 1)[-1]
-        if not any(word in last for word in SCORE_WORDS) or "slope" in key:
+        if not any(word in last for word in SCORE_WORDS) or "slope" in key or last.endswith("_se"):
             continue
         b, a = (v if _number(v) and 0 <= v <= 1 else None for v in sides)
         if b is not None or a is not None:
             out.append((key, b, a))
     return out[:MAX_BARS]
+
+
+def standard_errors(metrics: dict, keys: list[str]) -> dict[str, list[float]]:
+    """{side: [standard error of each key, NaN where metrics.json has none]} for the sides with any: the
+    error of `x.accuracy` is `x.accuracy_se`, as evaluation.protocols writes it."""
+    out = {}
+    for side in ("before", "after"):
+        flat = flatten(metrics.get(side, {}))
+        se = [flat.get(f"{key}_se") for key in keys]
+        se = [v if _number(v) and v >= 0 else np.nan for v in se]
+        if not all(np.isnan(se)):
+            out[side] = se
+    return out
 
 
 def accuracy_figure(metrics: dict) -> bytes | None:
@@ -264,8 +331,13 @@ def accuracy_figure(metrics: dict) -> bytes | None:
     sides = [(before, "before", "tab:gray"), (after, "after", "tab:blue")]
     sides = [side for side in sides if not np.isnan(side[0]).all()]
     width = 0.8 / len(sides)
+    errors = standard_errors(metrics, [key for key, _, _ in pairs])
     for i, (values, label, color) in enumerate(sides):
-        bars = ax.bar(x + (i - (len(sides) - 1) / 2) * width, values, width, label=label, color=color)
+        se = errors.get(label)
+        bars = ax.bar(
+            x + (i - (len(sides) - 1) / 2) * width, values, width, label=label, color=color,
+            yerr=se, capsize=3 if se is not None else 0, error_kw={"elinewidth": 1},
+        )  # fmt: skip
         ax.bar_label(bars, fmt="%.3f", fontsize=7 if len(pairs) <= 12 else 5, padding=1)
     ax.set_xticks(x)
     rotation = 30 if len(pairs) > 4 else 0
@@ -298,7 +370,10 @@ def run_figures(metrics: dict, heads: dict, example: dict | None, shift: dict | 
     out: list[Figure] = []
     png = accuracy_figure(metrics)
     if png:
-        caption = "Every accuracy and consistency in metrics.json (all protocols); the full list is in the table."
+        caption = (
+            "Every accuracy and consistency in metrics.json (all protocols); the full list is in the table. "
+            "Error bars: one standard error, where metrics.json has one (accuracy_se)."
+        )
         out.append(Figure("accuracy", "Accuracy before and after", caption, png))
     if "before" in heads and "after" in heads:
         out.append(
@@ -311,7 +386,12 @@ def run_figures(metrics: dict, heads: dict, example: dict | None, shift: dict | 
             )
         )
     if example:
-        caption = "The first test prompt (example_attention.json)."
+        caption = (
+            "The first test prompt (example_attention.json), its tokens on the horizontal axes (label tokens bold; "
+            "green: the gold label, red: other labels). The first token (BOS where the tokenizer adds one) draws "
+            "most of the attention (an attention sink), so it is left out of the maps and the curve and drawn "
+            "apart on the left on its own scale; the maps share one colour scale for the other tokens."
+        )
         png = example_attention_figure(example, metrics.get("label_words"))
         out.append(Figure("example_attention", "Attention over one prompt", caption, png))
     if log:

@@ -1,5 +1,6 @@
-"""One self-contained report.html per run directory: figures embedded as base64 PNGs, metrics.json tables,
-induction heads, timings and the config. No external resources, opens from the file system.
+"""One self-contained report.html per run directory: figures embedded as base64 PNGs, metrics.json tables
+(accuracy with its standard error), the data splits, induction heads, timings and the config (once, as a
+table). No external resources, opens from the file system.
 
     path = write_report("runs/sst2-abft-...")     # also writes figures/<name>.png next to it
 
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import base64
 import html
-import json
+import math
 from pathlib import Path
 
+from ..data.splits import splits_summary, splits_warning
 from ..errors import UserError
 from ..rundir import EXAMPLE_FILE, SHIFT_FILE, RunDir, atomic_write, read_config_json
 from .figures import RUN_FIGURES, Figure, _number, before_after, flatten, read_log, run_figures
@@ -45,12 +47,18 @@ window.addEventListener("load", function () {
 
 
 def fmt(value) -> str:
+    """A cell's text: floats with 4 decimals from 0.01 to 1e5 (and 0), else 4 significant digits (3e-04)."""
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4g}"
+        if not math.isfinite(value) or value == 0 or 0.01 <= abs(value) < 1e5:
+            return f"{value:.4f}"
+        if abs(value) >= 1e5:
+            return f"{value:.4g}"
+        mantissa, exponent = f"{value:.3e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"  # 3e-04, 2.973e-04
     if isinstance(value, list | tuple):
         return ", ".join(fmt(v) for v in value)
     return str(value)
@@ -73,7 +81,7 @@ def metrics_tables(metrics: dict) -> str:
     rows = [[key, b, a, a - b if _number(a) and _number(b) else ""] for key, b, a in before_after(metrics, "")]
     if rows:
         parts.append(table("metrics", ["metric", "before", "after", "after - before"], rows))
-    other = flatten({k: v for k, v in metrics.items() if k not in ("before", "after")})
+    other = flatten({k: v for k, v in metrics.items() if k not in ("before", "after", "data_splits")})
     if other:
         parts.append(table("metrics-other", ["entry", "value"], [[k, v] for k, v in other.items()]))
     return "\n".join(parts)
@@ -99,6 +107,54 @@ def _figure_html(fig: Figure) -> str:
     )
 
 
+def title_of(config: dict, metrics: dict) -> str:
+    """ "abft report: ABFT training on sst2", "... E2E training on ...", "... evaluation of ..."."""
+    dataset = metrics.get("dataset", config.get("data", {}).get("dataset", ""))
+    if config.get("command") == "run":
+        return f"abft report: {str(config.get('train', {}).get('method', '')).upper()} training on {dataset}"
+    return f"abft report: evaluation of {dataset}"
+
+
+def device_and_dtype(config: dict) -> list[list]:
+    """What ran: config.json "runtime" {"device", "dtype"} where the run recorded it, else what was asked
+    for (--device / --dtype), else "auto" (abft's choice: cuda if available, fp32 on CPU / bf16 on GPU)."""
+    runtime, asked = config.get("runtime") or {}, config.get("model") or {}
+    runtime = runtime if isinstance(runtime, dict) else {}
+    return [[key, runtime.get(key) or asked.get(key) or "auto"] for key in ("device", "dtype")]
+
+
+def _accuracy_rows(metrics: dict, splits: dict | None) -> list[list]:
+    """`accuracy before | 0.6250 ± 0.1210 (one standard error, 16 prompts)` per stage with an accuracy."""
+    rows = []
+    for side in ("before", "after"):
+        m = metrics.get(side, {})
+        if not _number(m.get("accuracy")):
+            continue
+        if not _number(m.get("accuracy_se")):
+            rows.append([f"accuracy {side}", m["accuracy"]])
+            continue
+        where = f", {m['prompts']} prompts" if _number(m.get("prompts")) else ""
+        if splits and _number(splits.get("test_prompt_queries")) and splits.get("test_prompts") == m.get("prompts"):
+            where += f" over {splits['test_prompt_queries']} distinct queries"
+        rows.append([f"accuracy {side}", f"{fmt(m['accuracy'])} ± {fmt(m['accuracy_se'])} (one standard error{where})"])
+    return rows
+
+
+def data_section(splits: dict) -> str:
+    """The split sizes and distinct test queries (metrics.json "data_splits", data.splits.describe_splits)."""
+    keys = ("made_by", "calibration", "demonstration", "test", "test_distinct_queries",
+            "test_queries_in_other_splits", "test_prompts", "test_prompt_queries", "prompts_per_query")  # fmt: skip
+    parts = [table("data", ["", ""], [[key, splits[key]] for key in keys if key in splits])]
+    try:
+        summary, warning = splits_summary(splits), splits_warning(splits)
+    except (KeyError, TypeError, ValueError):  # a record of another shape: the table is all there is
+        return parts[0]
+    parts.insert(0, f"<p>{html.escape(summary)}</p>")
+    if warning:
+        parts.append(f'<p class="down">warning: {html.escape(warning)}</p>')
+    return "\n".join(parts)
+
+
 def render_report(
     run_dir: str | Path,
     figures: list[Figure],
@@ -111,7 +167,9 @@ def render_report(
     """report.html of `run_dir` from its files' contents (write_report reads them)."""
     run = Path(run_dir)
     method = config.get("train", {}).get("method", "") if config.get("command") == "run" else "evaluation"
-    title = f"abft {method}: {metrics.get('dataset', config.get('data', {}).get('dataset', ''))}"
+    title = title_of(config, metrics)
+    splits = metrics.get("data_splits") or config.get("data_splits")
+    splits = splits if isinstance(splits, dict) else None
     summary = [
         ["run directory", str(run.resolve())],
         ["state", status.get("state", "unknown")],
@@ -119,13 +177,14 @@ def render_report(
         ["dataset", metrics.get("dataset", config.get("data", {}).get("dataset", ""))],
         ["method", method],
         ["k", config.get("data", {}).get("k", "")],
+        *device_and_dtype(config),
+        *_accuracy_rows(metrics, splits),
     ]
-    for side in ("before", "after"):
-        if _number(metrics.get(side, {}).get("accuracy")):
-            summary.append([f"accuracy {side}", metrics[side]["accuracy"]])
     body = [f"<h1>{html.escape(title)}</h1>", table("summary", ["", ""], summary)]
     if status.get("error"):
         body.append(f'<p class="down">error: {html.escape(str(status["error"]))}</p>')
+    if splits:
+        body += ["<h2>Data</h2>", data_section(splits)]
     body.append("<h2>Metrics</h2>")
     body.append(metrics_tables(metrics) or "<p>no metrics.json</p>")
     if heads:
@@ -135,9 +194,11 @@ def render_report(
     if timings:
         body += ["<h2>Timings</h2>", table("timings", ["phase", "seconds"], [[k, v] for k, v in timings.items()])]
     body.append("<h2>Configuration</h2>")
-    body.append(table("config", ["option", "value"], [[k, v] for k, v in flatten(config).items()]))
-    body.append(f'<p class="meta">abft report of {html.escape(str(run.name))}; config.json:</p>')
-    body.append(f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>")
+    body.append(f'<p class="meta">config.json of {html.escape(str(run.name))}, flattened:</p>')
+    rows = [
+        [k, "auto" if v is None and k in ("model.device", "model.dtype") else v] for k, v in flatten(config).items()
+    ]
+    body.append(table("config", ["option", "value"], rows))
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n<script>{_SCRIPT}</script>\n</head>\n"

@@ -12,6 +12,7 @@ from .config import SECTIONS, RunConfig
 from .errors import UserError
 
 _COMMANDS = ("run", "evaluate")
+_RECORDS = ("recipe_choices", "runtime")  # what --recipe chose; the device, dtype and versions used
 
 
 def checked_config(config, where: str = "config.json") -> RunConfig:
@@ -19,10 +20,11 @@ def checked_config(config, where: str = "config.json") -> RunConfig:
     outside its choices (missing keys keep their defaults, as on the command line)."""
     if not isinstance(config, dict):
         raise UserError(f"{where} must hold a JSON object; start a new run")
-    top = {f.name for f in dataclasses.fields(RunConfig)} | {"command", "recipe_choices"}
+    top = {f.name for f in dataclasses.fields(RunConfig)} | {"command", *_RECORDS}
     _no_unknown(config, top, where)
-    if not isinstance(config.get("recipe_choices", {}), dict):  # a record of what --recipe chose, not settings
-        raise UserError(f"{where}: 'recipe_choices' must be an object; start a new run")
+    for key in _RECORDS:  # records of what the run chose or ran on, not settings
+        if not isinstance(config.get(key, {}), dict):
+            raise UserError(f"{where}: '{key}' must be an object; start a new run")
     if config.get("command", "run") not in _COMMANDS:
         raise UserError(f"{where}: 'command' must be one of {list(_COMMANDS)}, got {config['command']!r}")
     for name, cls in SECTIONS.items():

@@ -21,7 +21,17 @@ from .analysis.heads import head_statistics, heads_summary
 from .analysis.snapshot import RunSnapshot
 from .config import RunConfig, check_restricted_gradient
 from .configcheck import checked_config
-from .data import PromptBuilder, load_any, test_pairs, train_pairs, validation_pairs
+from .data import (
+    PromptBuilder,
+    dataset_stem,
+    describe_splits,
+    load_any,
+    splits_summary,
+    splits_warning,
+    test_pairs,
+    train_pairs,
+    validation_pairs,
+)
 from .errors import UserError, param
 from .evaluation import evaluate_prompts, fore_cache, suites
 from .evaluation import mauve as mauve_eval
@@ -86,7 +96,7 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
     if cfg.model.fsdp and distributed.world_size() == 1:
         log("note: --fsdp shards the model over the processes of torchrun / accelerate launch; this is one process")
     if not resume_run:
-        cfg.output = str(cfg.output or default_output(cfg.data.dataset, cfg.train.method if train else "eval"))
+        cfg.output = str(cfg.output or default_output(dataset_stem(cfg.data.dataset), cfg.train.method if train else "eval"))
         distributed.on_main(lambda: RunDir.check_available(cfg.output, overwrite))  # the main process writes it
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
@@ -128,6 +138,7 @@ class _Job:
     sets: dict = dataclasses.field(default_factory=dict)  # the prompt sets of the selected protocols
     recipe: dict = dataclasses.field(default_factory=dict)  # what the recipe chose (recipe.resolve)
     validation: list | None = None  # validation prompts (demonstration split) scored during training
+    splits: dict = dataclasses.field(default_factory=dict)  # data.describe_splits: sizes, distinct test queries
 
 
 def _prepare(cfg: RunConfig, train: bool) -> _Job:
@@ -167,7 +178,26 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     sets = suites.check_suites(model, tokenizer, dataset, cfg, normal=(builder, test))  # built once per run
     base = BaseWeights(model) if train else None
     mauve = mauve_eval.prepare(model, tokenizer, dataset, cfg, base)
-    return _Job(dataset, model, tokenizer, builder, test, train_prompts, {}, mauve, base, sets, choices, validation)
+    splits = describe_splits(dataset, cfg.data.test_samples)
+    return _Job(dataset, model, tokenizer, builder, test, train_prompts, {}, mauve, base, sets, choices, validation, splits)
+
+
+def runtime(model) -> dict:
+    """What this run actually ran on (config.json "runtime"; --device / --dtype may say "auto"): the device,
+    the weights' dtype and the versions of abft, torch and transformers."""
+    import transformers
+
+    from . import __version__
+
+    weights = next(model.parameters())
+    dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(weights.dtype)
+    return {
+        "device": str(weights.device),
+        "dtype": dtype or str(weights.dtype).removeprefix("torch."),
+        "abft": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def _fsdp(cfg: RunConfig) -> bool:
@@ -198,8 +228,12 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     train = job.train is not None
     previous = distributed.broadcast_object(out.read_json("config.json")) or {}  # resuming: keep its record
     choices = previous.get("recipe_choices") or job.recipe
-    config = {**dataclasses.asdict(cfg), "command": "run" if train else "evaluate"}
+    config = {**dataclasses.asdict(cfg), "command": "run" if train else "evaluate", "runtime": runtime(job.model)}
     out.write_config({**config, "recipe_choices": choices} if train else config)
+    log(splits_summary(job.splits))
+    warning = splits_warning(job.splits)
+    if warning:
+        log(f"warning: {warning}")
     if train:
         log(describe_recipe(choices, cfg.train))
     if cfg.data.test_samples < FULL_TEST:
@@ -210,6 +244,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
         "model": cfg.model.model,
         "k": cfg.data.k,
         "label_words": list(info.label_words),
+        "data_splits": job.splits,
     }
     timings = job.timings
     t0 = time.perf_counter()

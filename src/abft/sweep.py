@@ -20,6 +20,7 @@ from . import runner
 from .config import RunConfig
 from .errors import UserError, param
 from .objectives import OBJECTIVES
+from .data import dataset_stem
 from .rundir import METRICS_FILE, RunDir, default_output
 
 SIZES = (32, 128, 256, 512, 1024)
@@ -41,7 +42,7 @@ def sweep(
         raise UserError(f"{param('sizes')} must be positive training-set sizes, got {list(sizes)}")
     if not methods or any(m not in OBJECTIVES for m in methods):
         raise UserError(f"{param('methods')} must be among {', '.join(OBJECTIVES)}, got {list(methods)}")
-    root = Path(output or cfg.output or default_output(cfg.data.dataset, "sweep"))
+    root = Path(output or cfg.output or default_output(dataset_stem(cfg.data.dataset), "sweep"))
     out = RunDir(root)  # not a run directory itself; its write_json is atomic
     table: dict = {
         "dataset": Path(cfg.data.dataset).stem,

@@ -134,7 +134,7 @@ def attention_ceiling(
     log=print,
 ) -> dict:
     """`abft ceiling`: every (head set, edit) on `samples` validation prompts; writes ceiling.json."""
-    from ..data import validation_pairs
+    from ..data import dataset_stem, validation_pairs
     from ..evaluation.protocols import prompt_metrics
     from ..models.params import check_trained, load_delta
 
@@ -144,7 +144,7 @@ def attention_ceiling(
         cfg.model, cfg.data, cfg.train = run_cfg.model, run_cfg.data, run_cfg.train
     check_at_least([("samples", samples, 1), ("batch_size", batch_size, 1), ("k", cfg.data.k, 1)])
     check_at_most([("samples", samples, MAX_PROMPTS)])
-    out = Path(output) if output else default_output("ceiling", cfg.data.dataset)
+    out = Path(output) if output else default_output("ceiling", dataset_stem(cfg.data.dataset))
     if out.exists() and not out.is_dir():
         raise UserError(f"{param('output')} {out} is a file; give a directory")
     if (out / "ceiling.json").exists():

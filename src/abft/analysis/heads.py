@@ -280,10 +280,10 @@ def discover_heads(
 
 def find_heads(cfg: RunConfig, opts: HeadsOptions, output: str | Path | None = None, log=print) -> dict:
     """`abft heads`: discover heads on `opts.samples` calibration prompts of cfg's dataset; writes the output."""
-    from ..data import train_pairs
+    from ..data import dataset_stem, train_pairs
 
     opts.validate(cfg)
-    out = Path(output or cfg.output or default_output("heads", cfg.model.model, cfg.data.dataset))
+    out = Path(output or cfg.output or default_output("heads", cfg.model.model, dataset_stem(cfg.data.dataset)))
     if (out / "heads.json").exists():
         raise UserError(f"{out} already holds a heads.json; pick another {param('output')}")
     model, tokenizer, builder, dataset = load_setup(cfg)

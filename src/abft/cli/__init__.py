@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 
+from .. import __version__
 from ..errors import UserError
 from ..signals import sigterm_as_interrupt
 from . import analysis, run
@@ -25,6 +26,7 @@ from .flags import worded
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="abft", description="Attention Behavior Fine-Tuning for in-context learning.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--version", action="version", version=f"abft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.register(sub)  # run, evaluate, datasets
     analysis.register(sub)  # report, heads, interpolate

@@ -1,7 +1,8 @@
-"""`abft report`, `abft heads`, `abft interpolate` and `abft ceiling`: parsers over abft.analysis and abft.report.
+"""`abft report`, `export`, `heads`, `interpolate` and `ceiling`: parsers over abft.analysis, export and report.
 
 abft report runs/sst2-abft-X                     # report.html (+ figures/*.png) from the run's files, no model
 abft report runs/sst2-abft-X --with-model        # first recompute example_attention.json and qk_shift.json
+abft export runs/sst2-abft-X --merged my-model   # base + trained W_Q/W_K as a plain transformers model + card
 abft heads --dataset sst2 --k 4 --samples 64     # head discovery without training -> heads.json + PNGs
 abft interpolate RUN_E2E RUN_ABFT --grid 5       # accuracy / NLL on θ0 + a ΔE2E + b ΔABFT -> JSON + contour
 abft ceiling --dataset sst2 --delta RUN_DIR      # accuracy with the last row's attention edited
@@ -52,6 +53,18 @@ def register(sub) -> None:
         "(`abft run` writes them itself; use this for runs made without them)",
     )
     rep.set_defaults(func=cmd_report, parser=rep)
+
+    export = sub.add_parser(
+        "export",
+        help="a finished run as a model directory that transformers loads without abft, with a model card",
+        description="Merge RUN_DIR's trained W_Q/W_K (or LoRA adapter) into its base model and write OUT: "
+        "config.json, model.safetensors, the tokenizer and README.md (a model card with the run's numbers).",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (delta.safetensors or adapter/)")
+    export.add_argument(
+        "--merged", metavar="OUT", required=True, help="new (or empty) directory for the merged model and its card"
+    )
+    export.set_defaults(func=cmd_export, parser=export)
 
     heads = sub.add_parser(
         "heads",
@@ -137,6 +150,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         recompute_snapshot(Path(args.run_dir))
     print(report_run(args.run_dir))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export_merged
+
+    print(export_merged(args.run_dir, args.merged))
     return 0
 
 

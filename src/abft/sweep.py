@@ -18,9 +18,9 @@ from pathlib import Path
 
 from . import runner
 from .config import RunConfig
+from .data import dataset_stem
 from .errors import UserError, param
 from .objectives import OBJECTIVES
-from .data import dataset_stem
 from .rundir import METRICS_FILE, RunDir, default_output
 
 SIZES = (32, 128, 256, 512, 1024)

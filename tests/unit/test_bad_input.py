@@ -44,14 +44,6 @@ def _rows(n: int, words=("negative", "positive")) -> str:
     return "text,label\n" + "".join(f"w{i % 20} w{(i * 7) % 20},{words[i % len(words)]}\n" for i in range(n))
 
 
-@pytest.fixture(scope="module")
-def data_csv(tmp_path_factory):
-    """400 rows: calibration 72, demonstration 292, test 36 rows."""
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    path.write_text(_rows(400))
-    return path
-
-
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("ABFT_CACHE", str(tmp_path / "cache"))  # GGUF conversions: nothing outside tmp_path

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_bad_input import SMALL, _rows
+from test_bad_input import SMALL
 from tiny_models import tiny_gpt2, tiny_llama
 
 from abft.errors import UserError
@@ -29,13 +29,6 @@ from abft.models.lora import add_lora
 from abft.models.params import find_qk_slices, load_delta, read_meta, save_delta, save_trained
 
 IDS = [[1, 5, 9, 14, 30, 41, 7, 22, 3, 60, 12, 2]]  # any ids below the tiny vocabulary (100)
-
-
-@pytest.fixture(scope="module")
-def data_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    path.write_text(_rows(400))
-    return path
 
 
 def _finished(tmp_path_factory, model_dir, data_csv, name, *flags) -> Path:

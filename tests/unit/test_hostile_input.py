@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from objective_patches import nan_from_step_2, patch_loss
-from test_bad_input import SMALL, _fails, _rows
+from test_bad_input import SMALL, _fails
 
 from abft.cli import main
 
@@ -20,13 +20,6 @@ from abft.cli import main
 @pytest.fixture(scope="module")
 def model_dir(tiny_word_model_dir):
     return tiny_word_model_dir
-
-
-@pytest.fixture(scope="module")
-def data_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    path.write_text(_rows(400))
-    return path
 
 
 @pytest.fixture(autouse=True)

@@ -159,7 +159,8 @@ def main() -> None:
     print(f"{'':8}{'best val':>10}{'last val':>10}{'kept':>6}{'step s':>9}{'micro s':>9}{'saved MiB':>11}")
     for variant, v in result["variants"].items():
         accuracy = f"{v['best_val_accuracy']:>10.3f}{v['last_val_accuracy']:>10.3f}{v['kept_step']:>6}"
-        cost = f"{v['step_seconds_median']:>9.2f}{v['micro_batch_seconds_median']:>9.3f}{v['saved_activation_mib']:>11.1f}"
+        cost = f"{v['step_seconds_median']:>9.2f}{v['micro_batch_seconds_median']:>9.3f}"
+        cost += f"{v['saved_activation_mib']:>11.1f}"
         print(f"{variant:8}{accuracy}{cost}")
     print(f"speed-up of a micro-batch step (median of interleaved ratios): {result['speedup']:.2f}x")
 

@@ -72,7 +72,11 @@ def prompts(
     fixed, `seed` unused). Prompt text: `input_prefix` text `label_prefix` word, one demonstration per line.
     """
     rows = rows_from_examples(examples, label_words, text_key, label_key)
-    demos = [] if demonstrations is None else rows_from_examples(demonstrations, label_words, text_key, label_key, "demonstrations")
+    demos = (
+        []
+        if demonstrations is None
+        else rows_from_examples(demonstrations, label_words, text_key, label_key, "demonstrations")
+    )
     if k < 0 or (n is not None and n < 1):
         raise UserError(f"{param('k', k)} must be >= 0 and {param('n', n)} >= 1")
     pool = len(demos) if demonstrations is not None else len(rows) - 1
@@ -89,7 +93,9 @@ def prompts(
         dataset = Dataset(info, rows, list(range(len(rows))), [], [], "user")
         pairs = train_pairs(dataset, k, len(rows) if n is None else n, seed)
     builder = PromptBuilder.for_dataset(tokenizer, info, label_token_mode)
-    return Prompts(builder.build_pairs(dataset, pairs), builder.label_words, builder.label_token_ids, len(builder.prefix_ids))
+    return Prompts(
+        builder.build_pairs(dataset, pairs), builder.label_words, builder.label_token_ids, len(builder.prefix_ids)
+    )
 
 
 def fit(
@@ -170,7 +176,9 @@ def _train_config(method: str, settings: dict) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)} - {"method"}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise UserError(f"unknown training setting {param(unknown[0])}; use TrainConfig fields: {', '.join(sorted(known))}")
+        raise UserError(
+            f"unknown training setting {param(unknown[0])}; use TrainConfig fields: {', '.join(sorted(known))}"
+        )
     return TrainConfig(method=method, **settings)
 
 

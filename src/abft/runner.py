@@ -99,7 +99,9 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
     if cfg.model.fsdp and distributed.world_size() == 1:
         log("note: --fsdp shards the model over the processes of torchrun / accelerate launch; this is one process")
     if not resume_run:
-        cfg.output = str(cfg.output or default_output(dataset_stem(cfg.data.dataset), cfg.train.method if train else "eval"))
+        cfg.output = str(
+            cfg.output or default_output(dataset_stem(cfg.data.dataset), cfg.train.method if train else "eval")
+        )
         distributed.on_main(lambda: RunDir.check_available(cfg.output, overwrite))  # the main process writes it
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
@@ -182,7 +184,9 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     base = BaseWeights(model) if train else None
     mauve = mauve_eval.prepare(model, tokenizer, dataset, cfg, base)
     splits = describe_splits(dataset, cfg.data.test_samples)
-    return _Job(dataset, model, tokenizer, builder, test, train_prompts, {}, mauve, base, sets, choices, validation, splits)
+    return _Job(
+        dataset, model, tokenizer, builder, test, train_prompts, {}, mauve, base, sets, choices, validation, splits
+    )
 
 
 def runtime(model) -> dict:

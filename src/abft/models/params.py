@@ -40,8 +40,8 @@ from safetensors.torch import save_file
 
 from .. import distributed
 from ..errors import UserError
-from ..rundir import FILE_MODE
 from ..errors import param as named_param  # `param` names tensors here
+from ..rundir import FILE_MODE
 from .arch import QKSlice, find_qk_slices, is_lora_layer, owner, qk_param
 from .fingerprint import DTYPE_NAMES, base_fingerprint
 from .lora import ADAPTER_DIR, adapters_disabled, delta_weight, has_lora, merge_adapter, save_adapter

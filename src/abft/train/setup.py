@@ -108,7 +108,9 @@ def _enable_checkpointing(model) -> None:
 
 def _checkpointing(model) -> bool:
     """Whether activation checkpointing is on (transformers >= 5.2x name first: the old one warns)."""
-    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    name = (
+        "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    )
     return bool(getattr(model, name, False))
 
 

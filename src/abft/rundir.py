@@ -25,10 +25,12 @@ from .errors import UserError, param
 
 _UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
 os.umask(_UMASK)
+FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK  # what open() / mkdir() create under this umask
 MARKER = ".abft-run"  # created by abft with the directory: ownership, and the live run's lock
 # The files of a run directory (the trained weights' names: models.weights)
 CONFIG_FILE, STATUS_FILE, METRICS_FILE, TIMINGS_FILE = "config.json", "status.json", "metrics.json", "timings.json"
 HEADS_FILE, LOG_FILE, CHECKPOINT_DIR = "heads.json", "train_log.jsonl", "checkpoint"
+PREDICTIONS_FILE = "predictions_{stage}.jsonl"  # the normal test's per-prompt outputs, stage before / after
 EXAMPLE_FILE, SHIFT_FILE = "example_attention.json", "qk_shift.json"  # abft.analysis.snapshot's
 
 
@@ -72,7 +74,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it private)
+        os.fchmod(fd, FILE_MODE)  # as open() would create it (mkstemp makes it private)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()

@@ -35,7 +35,9 @@ from .data import (
 from .errors import UserError, param
 from .evaluation import evaluate_prompts, fore_cache, suites
 from .evaluation import mauve as mauve_eval
+from .evaluation.predictions import prediction_records, read_jsonl, to_jsonl
 from .evaluation.protocols import accuracy_se
+from .evaluation.scoring import ScoreCache, Scorer
 from .models import load_model
 from .models.context import check_context
 from .models.lora import add_lora
@@ -48,6 +50,7 @@ from .rundir import (
     HEADS_FILE,
     LOG_FILE,
     METRICS_FILE,
+    PREDICTIONS_FILE,
     TIMINGS_FILE,
     RunDir,
     atomic_write,
@@ -254,10 +257,12 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     t0 = time.perf_counter()
 
     def evaluate(stage: str) -> None:  # the normal test (its metrics at the top of the stage), then the others
+        cache = suites.ScoreCache()  # holds the normal test's label distributions afterwards
         result = suites.run_suites(
-            model, tokenizer, job.dataset, cfg, sets=job.sets, stage=stage, log=log, timings=timings
+            model, tokenizer, job.dataset, cfg, sets=job.sets, cache=cache, stage=stage, log=log, timings=timings
         )
         metrics[stage] = result
+        _write_predictions(job, out, stage, cache)
         if job.mauve is not None:
             result["mauve"] = job.mauve.run(model, stage, out.path, log=log, timings=timings)
         out.write_json(METRICS_FILE, metrics)
@@ -326,6 +331,19 @@ def _train(cfg: RunConfig, job: _Job, out: RunDir, metrics: dict, evaluate, log)
     if cfg.eval.post_test:
         evaluate("after")
     shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def _write_predictions(job: _Job, out: RunDir, stage: str, cache: suites.ScoreCache) -> None:
+    """predictions_<stage>.jsonl: the normal test's per-prompt outputs, read from the stage's score cache (no
+    second forward); after training each record says whether its prediction flipped (predictions_before's)."""
+    labels = job.builder.label_token_ids
+    if not job.test or ScoreCache.key(job.test[0], labels) not in cache:  # the normal test was not selected
+        return
+    probs = Scorer(job.model, job.tokenizer.pad_token_id, cache=cache).probs(job.test, labels)
+    before_file = out.file(PREDICTIONS_FILE.format(stage="before"))
+    before = read_jsonl(before_file.read_text()) if stage != "before" and before_file.is_file() else None
+    records = prediction_records(probs, job.test, job.builder.label_words, before)
+    atomic_write(out.file(PREDICTIONS_FILE.format(stage=stage)), to_jsonl(records))
 
 
 def _monitor(cfg: RunConfig, job: _Job, log) -> ValidationMonitor | None:

@@ -30,6 +30,7 @@ import torch
 from .. import distributed
 from ..config import check_lora
 from ..errors import UserError
+from ..rundir import DIR_MODE, FILE_MODE
 from .arch import find_qk_slices, is_lora_layer, owner
 
 ADAPTER = "default"  # peft's adapter name
@@ -120,6 +121,9 @@ def save_adapter(model: torch.nn.Module, directory: str | Path, metadata: dict[s
         saved = copy.deepcopy(config)
         saved.inference_mode = True  # as PeftModel.save_pretrained writes it
         saved.save_pretrained(str(tmp))
+        os.chmod(tmp, DIR_MODE)  # as mkdir() would create it (mkdtemp and safetensors make them private)
+        for file in tmp.iterdir():
+            os.chmod(file, FILE_MODE)
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
     finally:

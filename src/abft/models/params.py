@@ -29,17 +29,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import distributed
 from ..errors import UserError
 from ..errors import param as named_param  # `param` names tensors here
+from ..rundir import FILE_MODE
 from .arch import QKSlice, find_qk_slices, is_lora_layer, owner, qk_param
 from .fingerprint import DTYPE_NAMES, base_fingerprint
 from .lora import ADAPTER_DIR, adapters_disabled, delta_weight, has_lora, merge_adapter, save_adapter
@@ -241,8 +243,13 @@ def save_delta(model: torch.nn.Module, slices: list[QKSlice], path: Path, meta: 
     load_delta checks."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(trained_tensors(model, slices), str(tmp), metadata=_metadata(model, slices, "abft-qk", meta))
-    tmp.replace(path)
+    try:
+        save_file(trained_tensors(model, slices), str(tmp), metadata=_metadata(model, slices, "abft-qk", meta))
+        os.chmod(tmp, FILE_MODE)  # as open() would create it, not safetensors' 0600
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _metadata(model: torch.nn.Module, replaced: list[QKSlice], kind: str, meta: dict | None) -> dict[str, str]:
@@ -257,11 +264,16 @@ def save_trained(model: torch.nn.Module, directory: str | Path, meta: dict | Non
     """Save what training changed into a run directory: adapter/ (LoRA) or delta.safetensors; returns it.
 
     Both carry the base model's fingerprint (delta: in its metadata; adapter: in adapter_model.safetensors's
-    metadata, which peft ignores)."""
+    metadata, which peft ignores). `directory` is created if needed; a UserError when it cannot be written."""
     directory = Path(directory)
-    if has_lora(model):
-        return save_adapter(model, directory / ADAPTER_DIR, metadata=_metadata(model, [], "abft-lora", meta))
-    save_delta(model, find_qk_slices(model), directory / DELTA_FILE, meta)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if has_lora(model):
+            return save_adapter(model, directory / ADAPTER_DIR, metadata=_metadata(model, [], "abft-lora", meta))
+        save_delta(model, find_qk_slices(model), directory / DELTA_FILE, meta)
+    except (OSError, SafetensorError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise UserError(f"cannot save the trained weights in {directory}: {reason}") from exc
     return directory / DELTA_FILE
 
 

@@ -38,7 +38,8 @@ def train(
     checkpoint_every: int = 1,
     monitor: ValidationMonitor | None = None,
 ) -> list[StepRecord]:
-    """Train `model` in place on `prompts`; returns one record per optimiser step.
+    """Train `model` in place on `prompts`; returns one record per optimiser step. Only the trained weights
+    change: the model comes back with its attention implementation, requires_grad flags and train/eval mode.
 
     With `checkpoint_dir`, state is saved every `checkpoint_every` steps and a saved state found there is
     resumed from (the records before it are returned too, passed once to `on_resume`, and `on_step` is not
@@ -50,7 +51,12 @@ def train(
     """
     if not prompts:
         raise UserError(f"no training prompts: {param('train_samples')} must be at least 1")
-    trainable = setup.prepare(model, cfg)
+    before = setup.ModelState.of(model)  # put back by setup.finish: the caller's model as it came in
+    try:
+        trainable = setup.prepare(model, cfg)
+    except BaseException:
+        before.restore(model)
+        raise
     masters = MasterWeights(trainable.params)  # fp32 copies of bf16/fp16 tensors for Adam (fp32 ones: themselves)
     loop = _Loop(
         model,
@@ -90,7 +96,7 @@ def train(
         if monitor is not None:
             monitor.restore(trainable.params)
     finally:
-        setup.finish(model, cfg)
+        setup.finish(model, cfg, before)
     return records
 
 

@@ -3,7 +3,7 @@ attention function that captures last rows, activation checkpointing; and the mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,37 @@ class Trainable:
     params: TrainableParams
     named: list[tuple[str, torch.nn.Parameter]]  # (name, parameter) of params: restricted-gradient updates
     device: torch.device
+
+
+@dataclass
+class ModelState:
+    """What training changes on a model besides its weights, to put back afterwards (finish): the attention
+    implementation, each parameter's requires_grad, each module's train/eval mode, gradient checkpointing."""
+
+    attn_implementation: str | None
+    requires_grad: dict[int, bool] = field(default_factory=dict)  # id(parameter) -> flag
+    training: list[tuple[torch.nn.Module, bool]] = field(default_factory=list)
+    checkpointing: bool = False
+
+    @classmethod
+    def of(cls, model) -> ModelState:
+        config = getattr(model, "config", None)
+        return cls(
+            getattr(config, "_attn_implementation", None),
+            {id(p): p.requires_grad for p in model.parameters()},
+            [(m, m.training) for m in model.modules()],
+            _checkpointing(model),
+        )
+
+    def restore(self, model) -> None:
+        """The model as it was; parameters added since (LoRA adapters) are left untrainable."""
+        current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        if self.attn_implementation is not None and current != self.attn_implementation:
+            model.set_attn_implementation(self.attn_implementation)
+        for p in model.parameters():
+            p.requires_grad_(self.requires_grad.get(id(p), False))
+        for module, mode in self.training:
+            module.training = mode
 
 
 def prepare(model, cfg: TrainConfig) -> Trainable:
@@ -44,12 +75,12 @@ def prepare(model, cfg: TrainConfig) -> Trainable:
     return Trainable(slices, params, [(names[id(p)], p) for p in params], device)
 
 
-def finish(model, cfg: TrainConfig) -> None:
-    """The model back in evaluation mode with nothing trainable (also after an error)."""
-    if cfg.gradient_checkpointing:
+def finish(model, cfg: TrainConfig, before: ModelState) -> None:
+    """The model back as it was `before` training apart from its weights (also after an error): attention
+    implementation, requires_grad flags, train/eval modes and gradient checkpointing."""
+    if cfg.gradient_checkpointing and not before.checkpointing:
         _disable_checkpointing(model)
-    model.eval()
-    model.requires_grad_(False)
+    before.restore(model)
 
 
 def masked_backward(loss, named: list[tuple[str, torch.Tensor]], slices, active: torch.Tensor) -> None:
@@ -73,6 +104,14 @@ def _enable_checkpointing(model) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _checkpointing(model) -> bool:
+    """Whether activation checkpointing is on (transformers >= 5.2x name first: the old one warns)."""
+    name = (
+        "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    )
+    return bool(getattr(model, name, False))
 
 
 def _disable_checkpointing(model) -> None:

@@ -95,7 +95,7 @@ def test_config_json_round_trips_and_old_booleans_still_read():
     assert data["eval"]["calibration"] == ["hidden", "knn"]
     assert checked_config(data).eval.calibration == ("hidden", "knn")
     assert checked_config({"eval": {"calibration": []}}).eval.calibration == ()
-    assert checked_config({"eval": {"calibration": True}}).eval.calibration == ("contextual",)  # --calibration was a switch
+    assert checked_config({"eval": {"calibration": True}}).eval.calibration == ("contextual",)  # was a switch
     assert checked_config({"eval": {"calibration": False}}).eval.calibration == ()
     for bad in (["platt"], "knn", 3):
         with pytest.raises(UserError, match="eval.calibration"):

@@ -441,8 +441,8 @@ def test_no_prompt_set_is_built_twice_per_run(tiny_run, tmp_path, monkeypatch):
     assert len(built) == len(set(built))  # no set twice
     # test + train + validation prompts, 8 templates (template 0 = the test prompts), demo, 8 paper datasets (the toy
     # one is the test prompts), unseen + 0-shot, contextual (= content-free "") + domain + 1 noise level (k = 1:
-    # wrong labels 0, 0, 0, 0, 1), content-free "N/A" and "[MASK]"
-    assert len(built) == 3 + 8 + 1 + 8 + 2 + 3 + 2
+    # wrong labels 0, 0, 0, 0, 1), content-free "N/A" and "[MASK]", domain-calibration and anchor prompts
+    assert len(built) == 3 + 8 + 1 + 8 + 2 + 3 + 2 + 2
 
 
 def test_default_and_template_only_runs(tiny_run, tmp_path):

@@ -180,6 +180,7 @@ def bias_sets(sets: PromptSets, dataset: Dataset) -> dict:
 
 CALIBRATION_PROMPTS = 128  # StaICC's domain-calibration prompts and hidden / kNN anchors
 DOMAIN_CALIBRATION_WORDS = 64  # StaICC's domain-calibration query length
+CALIBRATION_SEED = 42  # of calibration_pairs' python random.Random
 
 
 def calibration_methods(cfg) -> list[str]:
@@ -189,8 +190,9 @@ def calibration_methods(cfg) -> list[str]:
 
 def calibration_pairs(dataset: Dataset, k: int) -> list[tuple[list[int], int]]:
     """The CALIBRATION_PROMPTS hidden / kNN anchor pairs: a demonstration-split query with k distinct other
-    demonstration-split rows (validation_pairs); the domain prompts keep their demonstrations."""
-    return validation_pairs(dataset, k, CALIBRATION_PROMPTS)
+    demonstration-split rows (validation_pairs with its own seed, so not the runner's validation prompts);
+    the domain prompts keep their demonstrations."""
+    return validation_pairs(dataset, k, CALIBRATION_PROMPTS, seed=CALIBRATION_SEED)
 
 
 def calibration_sets(sets: PromptSets, dataset: Dataset) -> dict:

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UserError, param
+from .evaluation.calibration_methods import CALIBRATIONS
 from .limits import check_at_least, check_run
 from .objectives import OBJECTIVES
 
 
-def opt(default, help: str, flag: str | None = None, choices=None, negate: str | None = None, nargs=None):
-    meta = {"help": help, "flag": flag, "choices": choices, "negate": negate, "nargs": nargs}
+def opt(default, help: str, flag: str | None = None, choices=None, negate: str | None = None, nargs=None, **extra):
+    """A config field. `extra`: const (nargs "*": the value of the bare flag), legacy ({old bool: value} that
+    config.json files of older versions may hold for a field that is no longer a bool; see legacy_value)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "negate": negate, "nargs": nargs, **extra}
     if isinstance(default, list | tuple):
         return field(default_factory=lambda d=default: type(default)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -196,8 +199,17 @@ class EvalConfig:
         False, "accuracy when no demonstration carries the query's gold label, vs normal sampling and 0-shot"
     )
     bias_test: bool = opt(False, "contextual, domain and posterior bias, and label-noise (GLER) slopes")
-    calibration: bool = opt(
-        False, "contextual calibration baseline (Zhao et al. 2021): content-free queries in the same test prompts"
+    calibration: tuple = opt(
+        (),
+        "calibration baselines on the test prompts, several allowed (a bare --calibration: all of them): "
+        "contextual (Zhao et al. 2021: 'N/A' / '' / '[MASK]' queries in each test prompt), domain (Fei et al. "
+        "2023: 128 random-word queries), batch (Zhou et al. 2024), hidden (Cho et al.: nearest label centroid of "
+        "the last hidden state) and knn (Xu et al. 2023: kNN prompting); their extra prompts come from the "
+        "demonstration split",
+        choices=list(CALIBRATIONS),
+        nargs="*",
+        const=tuple(CALIBRATIONS),
+        legacy={True: ("contextual",), False: ()},
     )
     mauve_test: bool = opt(
         False,
@@ -265,5 +277,13 @@ def _from_dict(cls, d):
             value = _from_dict(f.default_factory, value)
         elif isinstance(value, list) and f.metadata.get("nargs"):
             value = tuple(value)
+        value = legacy_value(f, value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def legacy_value(f: dataclasses.Field, value):
+    """`value` of field `f` as this version spells it: metadata `legacy` maps a bool that older versions wrote
+    for the field (--calibration was a switch: true is now ("contextual",), false ())."""
+    legacy = f.metadata.get("legacy") or {}
+    return legacy[value] if isinstance(value, bool) and value in legacy else value

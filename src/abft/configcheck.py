@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .config import SECTIONS, RunConfig
+from .config import SECTIONS, RunConfig, legacy_value
 from .errors import UserError
 
 _COMMANDS = ("run", "evaluate")
@@ -54,11 +54,13 @@ def _check_value(f: dataclasses.Field, value, where: str) -> None:
     """`value` as the CLI would have parsed it for field `f` (its annotation, choices and nargs)."""
     choices, nargs = f.metadata.get("choices"), f.metadata.get("nargs")
     optional = "None" in f.type
-    if nargs:  # a tuple field: the element type is its default's
-        element = type(f.default_factory()[0])
-        ok = isinstance(value, list) and (len(value) == nargs if isinstance(nargs, int) else len(value) >= 1)
+    value = legacy_value(f, value)  # e.g. an older version's "calibration": true
+    if nargs:  # a tuple field: the element type is its default's (str for an empty default)
+        element = type(f.default_factory()[0]) if f.default_factory() else str
+        ok = isinstance(value, list | tuple) and _count_ok(len(value), nargs)
         ok = ok and all(_is_kind(v, element) and (not choices or v in choices) for v in value)
-        want = f"{nargs if isinstance(nargs, int) else 'one or more'} {element.__name__} values"
+        count = {"+": "one or more", "*": "zero or more"}.get(nargs, nargs)
+        want = f"{count} {element.__name__} values" + (f" from {list(choices)}" if choices else "")
     else:
         kind = _KINDS.get(f.type.split("|")[0].strip())
         ok = (value is None and optional) or kind is None or _is_kind(value, kind)
@@ -66,6 +68,10 @@ def _check_value(f: dataclasses.Field, value, where: str) -> None:
         want = f"one of {list(choices)}" if choices else (kind.__name__ if kind else f.type)
     if not ok:
         raise UserError(f"{where} must be {want}, got {value!r}; start a new run")
+
+
+def _count_ok(n: int, nargs) -> bool:
+    return n == nargs if isinstance(nargs, int) else n >= (1 if nargs == "+" else 0)
 
 
 def _is_kind(value, kind) -> bool:

@@ -38,17 +38,36 @@ def add_fields(parser: argparse.ArgumentParser, cls, prefix: str, skip=()) -> No
         elif f.type in ("bool", bool):
             group.add_argument(field_flag(f), dest=dest, action="store_true", default=default, help=meta["help"])
         else:
-            kind = type(default[0]) if meta.get("nargs") else _scalar_type(f)
-            group.add_argument(
-                field_flag(f),
-                dest=dest,
-                type=kind,
-                default=default,
-                choices=meta.get("choices"),
-                nargs=meta.get("nargs"),
-                metavar=None if meta.get("choices") else f.name.upper(),
-                help=meta["help"] if default is None else f"{meta['help']} (default: {default})",
-            )
+            group.add_argument(field_flag(f), dest=dest, default=default, **_value_options(f, default))
+
+
+def _value_options(f: dataclasses.Field, default) -> dict:
+    """add_argument's type, choices, nargs, metavar and help of a valued field. A tuple field's element type
+    is its default's (str for an empty default); nargs "*" with a `const`: the bare flag gives const."""
+    meta = f.metadata
+    nargs, choices = meta.get("nargs"), meta.get("choices")
+    kind = (type(default[0]) if default else str) if nargs else _scalar_type(f)
+    shown = default if default != () else "off"
+    out = {
+        "type": kind,
+        "choices": choices,
+        "nargs": nargs,
+        "metavar": None if choices else f.name.upper(),
+        "help": meta["help"] if default is None else f"{meta['help']} (default: {shown})",
+    }
+    if nargs == "*" and meta.get("const") is not None:
+        out["action"] = _BareConst
+        out["const"] = meta["const"]
+        if choices:
+            out["metavar"] = "{" + ",".join(choices) + "}"
+    return out
+
+
+class _BareConst(argparse.Action):
+    """nargs "*": the given values, or `const` when the flag comes bare (--calibration -> every method)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, tuple(values) if values else tuple(self.const))
 
 
 def _scalar_type(f: dataclasses.Field):

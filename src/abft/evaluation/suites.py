@@ -37,7 +37,7 @@ from .prompt_sets import (
 )
 from .protocols import (
     bias,
-    contextual_calibration,
+    calibration,
     demo_consistency,
     generalization,
     normal_test,
@@ -52,7 +52,7 @@ __all__ = [
     "bias",
     "build_sets",
     "check_suites",
-    "contextual_calibration",
+    "calibration",
     "demo_consistency",
     "format_generalization_table",
     "generalization",
@@ -85,6 +85,12 @@ def _bias_line(r: dict) -> str:
     if r["label_noise"]:
         line += f"  label-noise accuracy slope {r['label_noise']['slope']['accuracy']:.4f}"
     return line
+
+
+def _calibration_line(r: dict) -> str:
+    methods = [key for key in r if key not in ("uncalibrated", "setup")]
+    parts = [f"{key} {_ratio(r[key] and r[key]['accuracy'], 'n/a')}" for key in methods]
+    return f"calibrated accuracy: {'  '.join(parts)}  (uncalibrated {r['uncalibrated']['accuracy']:.4f})"
 
 
 # ---------------------------------------------------------------------------------------- the table
@@ -143,14 +149,7 @@ SUITES: dict[str, Suite] = {  # in run order
         ),
     ),
     "bias": Suite(bias_sets, bias, lambda cfg: cfg.eval.bias_test, _bias_line),
-    "calibration": Suite(
-        calibration_sets,
-        contextual_calibration,
-        lambda cfg: cfg.eval.calibration,
-        lambda r: (
-            f"calibrated accuracy {r['calibrated']['accuracy']:.4f}  (uncalibrated {r['uncalibrated']['accuracy']:.4f})"
-        ),
-    ),
+    "calibration": Suite(calibration_sets, calibration, lambda cfg: bool(cfg.eval.calibration), _calibration_line),
 }
 
 

@@ -16,7 +16,6 @@ import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import runner
 from .config import RunConfig
 from .data import dataset_stem
 from .errors import UserError, param
@@ -83,6 +82,8 @@ def sweep(
 
 
 def _run_or_reuse(cfg: RunConfig, overwrite: bool, log, on_run) -> dict:
+    from . import runner  # here: `abft --help` builds this module's parser without loading torch's stack
+
     run = RunDir(Path(cfg.output))
     state = None if overwrite else run.state()
     if state == "finished":

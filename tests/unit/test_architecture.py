@@ -98,3 +98,16 @@ def test_functions_are_short():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{name}.{node.name}: {lines} lines")
     assert long == []
+
+
+def test_building_the_cli_parser_loads_no_model_stack():
+    """`abft --help` stays quick: the parser needs settings and registries, not transformers or matplotlib."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from abft.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('transformers', 'matplotlib', 'abft.attention', 'abft.runner') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -35,10 +35,9 @@ from ..evaluation.scoring import score_prompts
 from ..limits import MAX_PROMPTS, check_at_least, check_at_most
 from ..objectives import ABFTObjective
 from ..rundir import atomic_write, default_output, make_output_dir, read_run_config
+from .options import EDITS, HEAD_SETS
 from .setup import load_setup
 
-EDITS = ("none", "knockout", "drop", "move", "target", "swap")
-HEAD_SETS = ("filter", "all")
 
 
 def edit_rows(p: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor, edit: str) -> torch.Tensor:

@@ -21,9 +21,7 @@ Three views, each per (layer, head):
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +31,10 @@ from ..attention import capture_last_row, use_last_row_attention
 from ..batching import Batch, collate, length_batches
 from ..config import RunConfig
 from ..errors import UserError, param
-from ..limits import MAX_PROMPTS, check_at_least, check_at_most, check_seed
 from ..objectives import ABFTObjective
 from ..rundir import atomic_write, default_output, make_output_dir
+from .options import CIRCUIT_FACTOR, HeadsOptions
 from .setup import load_setup
-
-CIRCUIT_FACTOR = 5.0
 
 
 @torch.no_grad()
@@ -102,35 +98,6 @@ def heads_summary(stats: dict[str, np.ndarray], min_rate: float = 0.5) -> dict:
         "mean_heads_per_prompt": float(rate.sum()),
         **{key: np.round(value, 6).tolist() for key, value in stats.items()},
     }
-
-
-@dataclass
-class HeadsOptions:
-    """`abft heads`' settings (its flags: abft.cli.analysis)."""
-
-    samples: int = 64
-    min_rate: float = 0.5
-    circuit_factor: float = CIRCUIT_FACTOR
-    induction_length: int = 32
-    induction_sequences: int = 8
-    induction_threshold: float = 0.4
-    log_base: str = "e"
-    batch_size: int = 8
-
-    def validate(self, cfg: RunConfig) -> None:
-        """UserError for settings `abft heads` cannot use with `cfg`'s data."""
-        checks = [("samples", self.samples, 1), ("induction_length", self.induction_length, 2)]
-        checks += [("induction_sequences", self.induction_sequences, 1), ("batch_size", self.batch_size, 1)]
-        check_at_least([*checks, ("k", cfg.data.k, 1)])
-        check_at_most(
-            [("samples", self.samples, MAX_PROMPTS), ("induction_sequences", self.induction_sequences, MAX_PROMPTS)]
-        )
-        check_seed(cfg.seed)
-        for name, value in (("circuit_factor", self.circuit_factor), ("induction_threshold", self.induction_threshold)):
-            if not math.isfinite(value):
-                raise UserError(f"{param(name)} must be a finite number, got {value}")
-        if not 0 < self.min_rate <= 1:
-            raise UserError(f"{param('min_rate')} must lie in (0, 1], got {self.min_rate}")
 
 
 def circuit_heads(

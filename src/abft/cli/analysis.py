@@ -38,7 +38,7 @@ def add_model_and_data_flags(parser) -> None:
 
 def register(sub) -> None:
     """report, heads and interpolate."""
-    from ..analysis.heads import HeadsOptions
+    from ..analysis.options import HeadsOptions
 
     rep = sub.add_parser(
         "report",
@@ -114,7 +114,7 @@ def register(sub) -> None:
 
 
 def register_ceiling(sub) -> None:
-    from ..analysis.ceiling import EDITS, HEAD_SETS
+    from ..analysis.options import EDITS, HEAD_SETS
 
     parser = sub.add_parser(
         "ceiling",

@@ -39,7 +39,6 @@ from .options import EDITS, HEAD_SETS
 from .setup import load_setup
 
 
-
 def edit_rows(p: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor, edit: str) -> torch.Tensor:
     """Edited rows (B, H, T) of last-row probabilities p (B, H, T); correct / wrong: (B, T) bool positions."""
     correct = correct[:, None, :].to(p.dtype)

@@ -397,8 +397,9 @@ def load_tokenizer(path: str):
 def protocol_section(section: Section, plan: Plan, tokenizer_dir: str) -> None:
     """`abft run --dataset sst2` (paper defaults but --checkpoint-every) with load_model answering the random
     model. Each checkpoint write is timed: the default (every step) costs ~31 more of them on the 8B shape."""
-    from abft import runner, train
+    from abft import runner
     from abft.config import RunConfig
+    from abft.train import state as train_state
 
     tokenizer = load_tokenizer(tokenizer_dir)
     start = time.perf_counter()
@@ -407,14 +408,14 @@ def protocol_section(section: Section, plan: Plan, tokenizer_dir: str) -> None:
     section.data["build_s"] = time.perf_counter() - start
     runner.load_model = lambda *args, **kwargs: (model, tokenizer)  # the seam the unit tests patch too
     writes = []
-    save = train.save_checkpoint
+    save = train_state.save_checkpoint
 
     def timed_save(*args) -> None:
         start = time.perf_counter()
         save(*args)
         writes.append(time.perf_counter() - start)
 
-    train.save_checkpoint = timed_save
+    train_state.save_checkpoint = timed_save
     cfg = RunConfig(checkpoint_every=plan.checkpoint_every)
     cfg.data.train_samples, cfg.data.test_samples = plan.train_samples, plan.test_samples
     with tempfile.TemporaryDirectory() as tmp:

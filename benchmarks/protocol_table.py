@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-FLAGS = ["--test-type", "normal", "template", "demo", "--generalization-test", "--unseen-label-test", "--calibration"]
+FLAGS = ["--test-type", "normal", "template", "demo", "--generalization-test", "--unseen-label-test"]
+FLAGS += ["--calibration", "contextual"]
 COLUMNS = ("accuracy", "template consistency", "demo consistency", "in-domain", "out-of-domain", "unseen-label")
 
 
@@ -52,7 +53,8 @@ def row(stage: dict, accuracy: float | None = None) -> dict:
 def table(abft: dict, e2e: dict) -> dict:
     before = abft["before"]
     calibration = {c: None for c in COLUMNS}
-    calibration["accuracy"] = before["calibration"]["calibrated"]["accuracy"]
+    contextual = before["calibration"].get("contextual") or before["calibration"]["calibrated"]  # older runs
+    calibration["accuracy"] = contextual["accuracy"]
     return {
         "vanilla": row(before),
         "calibration": calibration,

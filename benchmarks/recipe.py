@@ -15,10 +15,10 @@ import time
 
 import torch
 
+from abft.analysis.heads import head_statistics
 from abft.config import TrainConfig
 from abft.data import PromptBuilder, default_template, load_dataset, train_pairs, validation_pairs
 from abft.evaluation import evaluate_prompts
-from abft.heads import head_statistics
 from abft.models import load_model
 from abft.train import train
 

@@ -29,6 +29,17 @@ class Batch:
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
 
+    def label_masks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return label_masks(self.demo_labels, self.gold)
+
+
+def label_masks(demo_labels: torch.Tensor, gold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(valid, correct, wrong) demonstration labels, each (B, k) bool: valid excludes the -1 padding of
+    prompts with fewer than k demonstrations; correct = valid and equal to the gold label."""
+    valid = demo_labels >= 0
+    correct = valid & (demo_labels == gold[:, None])
+    return valid, correct, valid & ~correct
+
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-pad token id `rows` to the longest: (input_ids, attention_mask, position_ids), each (B, T) long."""

@@ -12,11 +12,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, param
+from .evaluation.calibration_methods import CALIBRATIONS
+from .limits import check_at_least, check_run
+from .objectives import OBJECTIVES
 
 
-def opt(default, help: str, flag: str | None = None, choices=None, negate: str | None = None, nargs=None):
-    meta = {"help": help, "flag": flag, "choices": choices, "negate": negate, "nargs": nargs}
+def opt(default, help: str, flag: str | None = None, choices=None, negate: str | None = None, nargs=None, **extra):
+    """A config field. `extra`: const (nargs "*": the value of the bare flag), legacy ({old bool: value} that
+    config.json files of older versions may hold for a field that is no longer a bool; see legacy_value)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "negate": negate, "nargs": nargs, **extra}
     if isinstance(default, list | tuple):
         return field(default_factory=lambda d=default: type(default)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -65,7 +70,9 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     method: str = opt(
-        "abft", "abft (attention loss, W_Q/W_K) or e2e (cross-entropy of the gold label)", choices=["abft", "e2e"]
+        "abft",
+        " or ".join(f"{name} ({entry.help})" for name, entry in OBJECTIVES.items()),
+        choices=OBJECTIVES.keys(),  # a live view: an objective registered later is a choice too
     )
     recipe: str = opt(
         "auto",
@@ -116,42 +123,58 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        """UserError for a setting no run can use (checked by the CLI before any work, and by train())."""
+        """UserError for a setting no run can use (checked by RunConfig.validate before any work, and by train())."""
         check_at_least(
             [
-                ("--pseudo-batch-size", self.pseudo_batch_size, 1),
-                ("--micro-batch-size", self.micro_batch_size, 1),
-                ("--epochs", self.epochs, 1),
-                ("--val-every", self.val_every, 1),
-                ("--val-samples", self.val_samples or 0, 0),
+                ("pseudo_batch_size", self.pseudo_batch_size, 1),
+                ("micro_batch_size", self.micro_batch_size, 1),
+                ("epochs", self.epochs, 1),
+                ("val_every", self.val_every, 1),
+                ("val_samples", self.val_samples or 0, 0),
             ]
         )
+        if self.method not in OBJECTIVES:
+            raise UserError(f"{param('method')} must be one of {', '.join(OBJECTIVES)}, got {self.method!r}")
+        lr = param("lr")
         if self.lr is not None and not 0 < self.lr < math.inf:
-            raise UserError(f"--lr must be positive and finite, got {self.lr}; the paper uses 2e-5")
+            raise UserError(f"{lr} must be positive and finite, got {self.lr}; the paper uses 2e-5")
         if self.keep == "best" and self.val_samples == 0:
-            raise UserError("--keep best needs validation prompts: give --val-samples N (N >= 1) or --keep last")
+            raise UserError(
+                f"{param('keep', 'best')} needs validation prompts: give {param('val_samples', 'N')} (N >= 1) or "
+                f"{param('keep', 'last')}"
+            )
         if self.lr is not None and self.lr > MAX_LR:  # a larger finite lr only diverges (1e39 overflows Adam)
-            raise UserError(f"--lr must be at most {MAX_LR}, got {self.lr}; the paper uses 2e-5")
-        weights = [("--correct-label-reward", self.reward), ("--wrong-label-penalty", self.penalty)]
-        weights += [("--p-factor", self.p_factor)] + [("--pid", gain) for gain in self.pid]
-        for flag, value in weights:
+            raise UserError(f"{lr} must be at most {MAX_LR}, got {self.lr}; the paper uses 2e-5")
+        weights = [("reward", self.reward), ("penalty", self.penalty)]
+        weights += [("p_factor", self.p_factor)] + [("pid", gain) for gain in self.pid]
+        for name, value in weights:
             if not 0 <= value < math.inf:
-                raise UserError(f"{flag} must be a finite number >= 0, got {value}")
-        if self.lora_r < 0:
-            raise UserError(f"--lora-r must be 0 (off) or positive, got {self.lora_r}")
-        if self.lora_r and not 0 < self.lora_alpha < math.inf:
-            raise UserError(f"--lora-alpha must be positive, got {self.lora_alpha}")
-        if self.lora_r and self.restricted_gradient:
-            raise UserError("--restricted-gradient cannot be combined with --lora-r: lora_A is shared by all heads")
-        if not 0 <= self.lora_dropout < 1:
-            raise UserError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+                raise UserError(f"{param(name)} must be a finite number >= 0, got {value}")
+        check_lora(self.lora_r, self.lora_alpha, self.lora_dropout, off_allowed=True)
+        check_restricted_gradient(self.restricted_gradient, lora=bool(self.lora_r), sharded=False)
 
 
-def check_at_least(checks) -> None:
-    """(flag, value, lowest allowed) triples -> UserError for the first value below its bound."""
-    for flag, value, low in checks:
-        if value < low:
-            raise UserError(f"{flag} must be at least {low}, got {value}")
+def check_lora(r: int, alpha: float, dropout: float, off_allowed: bool = False) -> None:
+    """LoRA's settings (rank 0: no adapter, where `off_allowed`)."""
+    if r < (0 if off_allowed else 1):
+        bound = "0 (off) or positive" if off_allowed else "at least 1"
+        raise UserError(f"{param('lora_r')} must be {bound}, got {r}")
+    if r and not 0 < alpha < math.inf:
+        raise UserError(f"{param('lora_alpha')} must be positive, got {alpha}")
+    if not 0 <= dropout < 1:
+        raise UserError(f"{param('lora_dropout')} must be in [0, 1), got {dropout}")
+
+
+def check_restricted_gradient(restricted: bool, lora: bool, sharded: bool) -> None:
+    """--restricted-gradient updates single heads' rows: refused where a trained tensor mixes heads."""
+    if restricted and lora:
+        raise UserError(
+            f"{param('restricted_gradient')} cannot be combined with {param('lora_r')}: lora_A is shared by all heads"
+        )
+    if restricted and sharded:
+        raise UserError(
+            f"{param('restricted_gradient')} cannot be combined with {param('fsdp')}: a head's rows span the shards"
+        )
 
 
 @dataclass
@@ -176,8 +199,17 @@ class EvalConfig:
         False, "accuracy when no demonstration carries the query's gold label, vs normal sampling and 0-shot"
     )
     bias_test: bool = opt(False, "contextual, domain and posterior bias, and label-noise (GLER) slopes")
-    calibration: bool = opt(
-        False, "contextual calibration baseline (Zhao et al. 2021): content-free queries in the same test prompts"
+    calibration: tuple = opt(
+        (),
+        "calibration baselines on the test prompts, several allowed (a bare --calibration: all of them): "
+        "contextual (Zhao et al. 2021: 'N/A' / '' / '[MASK]' queries in each test prompt), domain (Fei et al. "
+        "2023: 128 random-word queries), batch (Zhou et al. 2024), hidden (Cho et al.: nearest label centroid of "
+        "the last hidden state) and knn (Xu et al. 2023: kNN prompting); their extra prompts come from the "
+        "demonstration split",
+        choices=list(CALIBRATIONS),
+        nargs="*",
+        const=tuple(CALIBRATIONS),
+        legacy={True: ("contextual",), False: ()},
     )
     mauve_test: bool = opt(
         False,
@@ -211,12 +243,28 @@ class RunConfig:
     output: str | None = opt(None, "run directory (default: runs/<dataset>-<method>-<time>)")
     checkpoint_every: int = opt(1, "optimiser steps between checkpoints (resume with `abft run --resume DIR`)")
 
+    def validate(self, train: bool = True) -> None:
+        """Every bound on the settings of `abft run` (train) or `abft evaluate`: UserError for the first broken."""
+        checks = [("k", self.data.k, 0), ("test_samples", self.data.test_samples, 1)]
+        checks.append(("eval_batch_size", self.eval.eval_batch_size, 1))
+        if self.eval.mauve_test or self.eval.mauve_prefix:
+            checks += [("mauve_samples", self.eval.mauve_samples, 1)]
+            checks += [("mauve_max_new_tokens", self.eval.mauve_max_new_tokens, 1)]
+        if train:
+            checks += [("train_samples", self.data.train_samples, 1), ("checkpoint_every", self.checkpoint_every, 1)]
+            self.train.validate()
+        check_at_least(checks)
+        check_run(self, train)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         return _from_dict(cls, d)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
 def _from_dict(cls, d):
@@ -229,5 +277,13 @@ def _from_dict(cls, d):
             value = _from_dict(f.default_factory, value)
         elif isinstance(value, list) and f.metadata.get("nargs"):
             value = tuple(value)
+        value = legacy_value(f, value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def legacy_value(f: dataclasses.Field, value):
+    """`value` of field `f` as this version spells it: metadata `legacy` maps a bool that older versions wrote
+    for the field (--calibration was a switch: true is now ("contextual",), false ())."""
+    legacy = f.metadata.get("legacy") or {}
+    return legacy[value] if isinstance(value, bool) and value in legacy else value

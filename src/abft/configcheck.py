@@ -1,8 +1,6 @@
-"""config.json read back as user input: the types and choices the CLI's parser would enforce, and which flags
-may change a run on `--resume`.
+"""config.json read back as user input: the types and choices the CLI's parser would enforce.
 
-    cfg = checked_config(json.loads(text))      # UserError naming the first bad key; ranges: runner._validate
-    changes = resume_changes(args, parser)      # {"lr": 1e-5} from `abft run --resume DIR --lr 1e-5`
+cfg = checked_config(json.loads(text))      # UserError naming the first bad key; ranges: RunConfig.validate
 """
 
 from __future__ import annotations
@@ -10,12 +8,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from .config import SECTIONS, RunConfig, legacy_value
 from .errors import UserError
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 _COMMANDS = ("run", "evaluate")
-RESUME_FLAGS = {"train.lr": "--lr"}  # what --resume may change: a lower lr after "loss became nan ... lower --lr"
+_RECORDS = ("recipe_choices", "runtime")  # what --recipe chose; the device, dtype and versions used
 
 
 def checked_config(config, where: str = "config.json") -> RunConfig:
@@ -23,13 +20,14 @@ def checked_config(config, where: str = "config.json") -> RunConfig:
     outside its choices (missing keys keep their defaults, as on the command line)."""
     if not isinstance(config, dict):
         raise UserError(f"{where} must hold a JSON object; start a new run")
-    top = {f.name for f in dataclasses.fields(RunConfig)} | {"command", "recipe_choices"}
+    top = {f.name for f in dataclasses.fields(RunConfig)} | {"command", *_RECORDS}
     _no_unknown(config, top, where)
-    if not isinstance(config.get("recipe_choices", {}), dict):  # a record of what --recipe chose, not settings
-        raise UserError(f"{where}: 'recipe_choices' must be an object; start a new run")
+    for key in _RECORDS:  # records of what the run chose or ran on, not settings
+        if not isinstance(config.get(key, {}), dict):
+            raise UserError(f"{where}: '{key}' must be an object; start a new run")
     if config.get("command", "run") not in _COMMANDS:
         raise UserError(f"{where}: 'command' must be one of {list(_COMMANDS)}, got {config['command']!r}")
-    for name, cls in _SECTIONS.items():
+    for name, cls in SECTIONS.items():
         section = config.get(name, {})
         if not isinstance(section, dict):
             raise UserError(f"{where}: '{name}' must be an object, got {type(section).__name__}")
@@ -38,7 +36,7 @@ def checked_config(config, where: str = "config.json") -> RunConfig:
             if f.name in section:
                 _check_value(f, section[f.name], f"{where}: '{name}.{f.name}'")
     for f in dataclasses.fields(RunConfig):
-        if f.name in config and f.name not in _SECTIONS:
+        if f.name in config and f.name not in SECTIONS:
             _check_value(f, config[f.name], f"{where}: '{f.name}'")
     return RunConfig.from_dict(config)
 
@@ -56,26 +54,24 @@ def _check_value(f: dataclasses.Field, value, where: str) -> None:
     """`value` as the CLI would have parsed it for field `f` (its annotation, choices and nargs)."""
     choices, nargs = f.metadata.get("choices"), f.metadata.get("nargs")
     optional = "None" in f.type
-    if nargs:  # a tuple field: the element type is its default's
-        element = type(f.default_factory()[0])
-        ok = isinstance(value, list) and (len(value) == nargs if isinstance(nargs, int) else len(value) >= 1)
+    value = legacy_value(f, value)  # e.g. an older version's "calibration": true
+    if nargs:  # a tuple field: the element type is its default's (str for an empty default)
+        element = type(f.default_factory()[0]) if f.default_factory() else str
+        ok = isinstance(value, list | tuple) and _count_ok(len(value), nargs)
         ok = ok and all(_is_kind(v, element) and (not choices or v in choices) for v in value)
-        want = f"{nargs if isinstance(nargs, int) else 'one or more'} {element.__name__} values"
+        count = {"+": "one or more", "*": "zero or more"}.get(nargs, nargs)
+        want = f"{count} {element.__name__} values" + (f" from {list(choices)}" if choices else "")
     else:
         kind = _KINDS.get(f.type.split("|")[0].strip())
         ok = (value is None and optional) or kind is None or _is_kind(value, kind)
         ok = ok and (not choices or value in choices or (value is None and optional))
-        want = f"one of {choices}" if choices else (kind.__name__ if kind else f.type)
+        want = f"one of {list(choices)}" if choices else (kind.__name__ if kind else f.type)
     if not ok:
         raise UserError(f"{where} must be {want}, got {value!r}; start a new run")
 
 
-def _flag(dest: str) -> str:
-    """The command-line flag of an argparse dest ("train.reward" -> "--correct-label-reward")."""
-    section, _, name = dest.rpartition(".")
-    cls = _SECTIONS.get(section, RunConfig)
-    meta = next((f.metadata for f in dataclasses.fields(cls) if f.name == name), {})
-    return meta.get("negate") or meta.get("flag") or "--" + name.replace("_", "-")
+def _count_ok(n: int, nargs) -> bool:
+    return n == nargs if isinstance(nargs, int) else n >= (1 if nargs == "+" else 0)
 
 
 def _is_kind(value, kind) -> bool:
@@ -84,18 +80,3 @@ def _is_kind(value, kind) -> bool:
     if kind is float:
         return isinstance(value, int | float) and math.isfinite(value)
     return isinstance(value, kind)
-
-
-def resume_changes(args, defaults: dict) -> dict:
-    """{field: value} of the flags given with `--resume` (values differing from the parser's `defaults`):
-    RESUME_FLAGS only; UserError naming any other flag (the run's own config.json decides everything else)."""
-    ignored = {"resume", "func", "command", "debug"}
-    given = [key for key, value in vars(args).items() if key not in ignored and value != defaults.get(key)]
-    refused = [key for key in given if key not in RESUME_FLAGS]
-    if refused:
-        flags = ", ".join(_flag(key) for key in refused)
-        raise UserError(
-            f"{flags} cannot be given with --resume (the run continues with its own config.json); only "
-            f"{', '.join(RESUME_FLAGS.values())} may change, or start a new run"
-        )
-    return {key.split(".")[-1]: getattr(args, key) for key in given}

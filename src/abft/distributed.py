@@ -30,18 +30,15 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
-import tempfile
 import weakref
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from . import progress
-from .errors import UserError
+from .errors import UserError, param
 
 BUCKET = 1 << 24  # elements per gradient all-reduce
 
@@ -113,7 +110,7 @@ def shard_model(model) -> None:
     kinds = set(getattr(model, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in kinds]
     if not layers:
-        raise UserError(f"--fsdp: {type(model).__name__} names no decoder layer class (_no_split_modules)")
+        raise UserError(f"{param('fsdp')}: {type(model).__name__} names no decoder layer class (_no_split_modules)")
     mesh = init_device_mesh(_comm_device().type, (world_size(),))
     for module in [*layers, model]:
         fully_shard(module, mesh=mesh)
@@ -306,7 +303,10 @@ def on_main(fn: Callable):
             result = fn()
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others have heard of it
             failure = exc
-            error = (isinstance(exc, UserError), str(exc) or type(exc).__name__)
+            error = (
+                isinstance(exc, UserError),
+                (exc.args[0] if isinstance(exc, UserError) and exc.args else str(exc)) or type(exc).__name__,
+            )
     error = broadcast_object(error)
     if failure is not None:
         raise failure
@@ -314,19 +314,6 @@ def on_main(fn: Callable):
         user_error, message = error
         raise UserError(message) if user_error else RuntimeError(f"the main process failed: {message}")
     return result
-
-
-def open_run_dir(create: Callable):
-    """The main process's run directory (`create()`); the others get a scratch RunDir (deleted at exit)."""
-    out = on_main(create)
-    if out is None:
-        from .rundir import RunDir
-
-        scratch = Path(tempfile.mkdtemp(prefix=f"abft-rank{rank()}-"))
-        atexit.register(shutil.rmtree, scratch, True)
-        out = RunDir(scratch)
-        out.set_state("running")
-    return out
 
 
 def main_only(fn: Callable) -> Callable:

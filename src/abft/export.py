@@ -50,14 +50,13 @@ def export_merged(run_dir: str | Path, out: str | Path, log=print) -> Path:
     from .models import load_model
     from .models.fingerprint import base_fingerprint
     from .models.params import check_trained, find_qk_slices, load_delta, read_meta
-    from .report.commands import read_config
-    from .rundir import RunDir
+    from .rundir import RunDir, read_run_config
 
     run, out = Path(run_dir), Path(out)
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist")
     weights = check_trained(run)
-    cfg = read_config(run)  # refused when config.json is not the one the run was started with
+    cfg = read_run_config(run)  # refused when config.json is not the one the run was started with
     state = RunDir(run).state()
     if state != "finished":
         raise UserError(f"{run} is not a finished run (status: {state or 'unknown'}); finish it first")

@@ -8,6 +8,7 @@ A live run holds an exclusive flock on MARKER; the OS releases it when the proce
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import json
@@ -18,11 +19,52 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import UserError
+from . import distributed
+from .configcheck import checked_config
+from .errors import UserError, param
 
 _UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
 os.umask(_UMASK)
+FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK  # what open() / mkdir() create under this umask
 MARKER = ".abft-run"  # created by abft with the directory: ownership, and the live run's lock
+# The files of a run directory (the trained weights' names: models.weights)
+CONFIG_FILE, STATUS_FILE, METRICS_FILE, TIMINGS_FILE = "config.json", "status.json", "metrics.json", "timings.json"
+HEADS_FILE, LOG_FILE, CHECKPOINT_DIR = "heads.json", "train_log.jsonl", "checkpoint"
+PREDICTIONS_FILE = "predictions_{stage}.jsonl"  # the normal test's per-prompt outputs, stage before / after
+EXAMPLE_FILE, SHIFT_FILE = "example_attention.json", "qk_shift.json"  # abft.analysis.snapshot's
+
+
+def default_output(*parts: str) -> Path:
+    """runs/<part>-...-<time>, the default output of every command; a path part gives its stem (a dataset file,
+    a model directory)."""
+    name = "-".join(Path(part).stem for part in parts)
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_output_dir(out: Path) -> Path:
+    """Create the output directory `out` of an analysis (a UserError naming it when that fails)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to {out}: {exc.strerror}") from exc
+    return out
+
+
+def read_config_json(run: str | Path) -> dict:
+    """config.json of a run directory as written (not checked); a UserError when it is missing or unreadable."""
+    path = Path(run) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{run} is not an abft run directory (no config.json)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from exc
+
+
+def read_run_config(run: str | Path):
+    """The RunConfig a run directory was started with: UserError when config.json is missing, invalid, or not
+    the one its status.json fingerprint binds to the run (edited or replaced: its weights may not match it)."""
+    return checked_config(RunDir(Path(run)).read_config(), str(Path(run) / CONFIG_FILE))
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -32,7 +74,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it private)
+        os.fchmod(fd, FILE_MODE)  # as open() would create it (mkstemp makes it private)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -62,17 +104,21 @@ class RunDir:
         run = cls(Path(path))
         state = run.state()
         if state is not None and not overwrite:
-            raise UserError(f"{run.path} already holds a {state} run; pick another --output or pass --overwrite")
+            raise UserError(
+                f"{run.path} already holds a {state} run; pick another {param('output')} or pass {param('overwrite')}"
+            )
         if state is not None or run.is_owned():
             run.check_ours()
             run.check_unlocked()
         elif run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
-            raise UserError(f"{run.path} exists and is not an abft run directory; pick another --output")
+            raise UserError(f"{run.path} exists and is not an abft run directory; pick another {param('output')}")
         parent = next((p for p in (run.path, *run.path.parents) if p.exists()), None)  # the nearest that exists
         if parent is not None and not parent.is_dir():
-            raise UserError(f"cannot create {run.path}: {parent} is a file, not a directory; pick another --output")
+            raise UserError(
+                f"cannot create {run.path}: {parent} is a file, not a directory; pick another {param('output')}"
+            )
         if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
-            raise UserError(f"cannot create {run.path}: {parent} is not writable; pick another --output")
+            raise UserError(f"cannot create {run.path}: {parent} is not writable; pick another {param('output')}")
 
     @classmethod
     def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
@@ -93,7 +139,7 @@ class RunDir:
             if not existed:  # leave nothing behind
                 shutil.rmtree(run.path, ignore_errors=True)
             raise UserError(
-                f"cannot write to {run.path}: {exc.strerror}; free disk space or pick another --output"
+                f"cannot write to {run.path}: {exc.strerror}; free disk space or pick another {param('output')}"
             ) from exc
         return run
 
@@ -105,7 +151,7 @@ class RunDir:
         if state is None:
             raise UserError(f"{run.path} is not an abft run directory; nothing to resume")
         if state == "finished":
-            raise UserError(f"{run.path} already finished; start a new run with another --output")
+            raise UserError(f"{run.path} already finished; start a new run with another {param('output')}")
         run.check_unlocked()
 
     @classmethod
@@ -136,7 +182,8 @@ class RunDir:
         if not self.is_owned():
             raise UserError(
                 f"{self.path} has a status.json but no {MARKER} marker: abft did not create it (or an abft before "
-                "0.2 did), so --overwrite will not delete it; delete it yourself or pick another --output"
+                f"0.2 did), so {param('overwrite')} will not delete it; delete it yourself or pick another "
+                f"{param('output')}"
             )
 
     def check_unlocked(self) -> None:
@@ -237,3 +284,14 @@ class RunDir:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+def open_run_dir(create) -> RunDir:
+    """The main process's run directory (`create()`); the others get a scratch RunDir (deleted at exit)."""
+    out = distributed.on_main(create)
+    if out is None:
+        scratch = Path(tempfile.mkdtemp(prefix=f"abft-rank{distributed.rank()}-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        out = RunDir(scratch)
+        out.set_state("running")
+    return out

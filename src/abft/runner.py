@@ -17,15 +17,27 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .config import RunConfig, check_at_least
+from .analysis.heads import head_statistics, heads_summary
+from .analysis.snapshot import RunSnapshot
+from .config import RunConfig, check_restricted_gradient
 from .configcheck import checked_config
-from .data import PromptBuilder, default_template, load_any, test_pairs, train_pairs, validation_pairs
-from .errors import UserError
+from .data import (
+    PromptBuilder,
+    dataset_stem,
+    describe_splits,
+    load_any,
+    splits_summary,
+    splits_warning,
+    test_pairs,
+    train_pairs,
+    validation_pairs,
+)
+from .errors import UserError, param
 from .evaluation import evaluate_prompts, fore_cache, suites
 from .evaluation import mauve as mauve_eval
+from .evaluation.predictions import prediction_records, read_jsonl, to_jsonl
 from .evaluation.protocols import accuracy_se
-from .heads import head_statistics, heads_summary
-from .limits import check_run
+from .evaluation.scoring import ScoreCache, Scorer
 from .models import load_model
 from .models.context import check_context
 from .models.lora import add_lora
@@ -33,8 +45,18 @@ from .models.params import BaseWeights, save_trained
 from .objectives import ABFTObjective
 from .recipe import describe as describe_recipe
 from .recipe import resolve as resolve_recipe
-from .report.snapshot import RunSnapshot
-from .rundir import RunDir, atomic_write
+from .rundir import (
+    CHECKPOINT_DIR,
+    HEADS_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    TIMINGS_FILE,
+    RunDir,
+    atomic_write,
+    default_output,
+    open_run_dir,
+)
 from .signals import interrupted
 from .train import StepRecord
 from .train import train as train_model
@@ -42,13 +64,6 @@ from .validation import ValidationMonitor
 
 HEAD_SAMPLE = 64  # training prompts used for heads.json
 FULL_TEST = 1024  # StaICC's test prompts per dataset (512 queries x 2 demonstration sets)
-
-
-def default_output(cfg: RunConfig, train: bool = True, what: str | None = None) -> Path:
-    """runs/<dataset>-<what>-<time>; `what` defaults to the training method, or "eval" without training."""
-    what = what or (cfg.train.method if train else "eval")
-    name = Path(cfg.data.dataset).stem
-    return Path("runs") / f"{name}-{what}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def resume(run_dir: str | Path, log=print, changes: dict | None = None) -> dict:
@@ -65,31 +80,37 @@ def resume(run_dir: str | Path, log=print, changes: dict | None = None) -> dict:
 
 
 def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, resume_run: bool = False) -> dict:
-    """Run the protocol and write the run directory; returns metrics.json's content.
+    """Run the protocol and write the run directory; returns metrics.json's content (cfg.output: the directory).
 
     Everything a user can get wrong (dataset, model, sizes, prompt length) is checked before the run
     directory is created, so a mistake leaves nothing behind.
     Under torchrun / accelerate launch every process runs this; only the main one writes and logs.
+    The HTML report is the caller's (abft.report.html.write_report; `abft run` writes it).
     """
     distributed.init()
     log = distributed.main_only(log)
     if train and cfg.model.quantized and not cfg.train.lora_r:
         cfg.train.lora_r = 16  # a 4-bit base is trained through an adapter; the paper's rank
-        log("note: --quantized trains LoRA adapters; --lora-r was not given, so the paper's rank 16 is used")
+        log(
+            f"note: {param('quantized')} trains LoRA adapters; {param('lora_r')} was not given, so the paper's "
+            "rank 16 is used"
+        )
     _validate(cfg, train)
     if cfg.model.fsdp and distributed.world_size() == 1:
         log("note: --fsdp shards the model over the processes of torchrun / accelerate launch; this is one process")
     if not resume_run:
-        cfg.output = str(cfg.output or default_output(cfg, train))
+        cfg.output = str(
+            cfg.output or default_output(dataset_stem(cfg.data.dataset), cfg.train.method if train else "eval")
+        )
         distributed.on_main(lambda: RunDir.check_available(cfg.output, overwrite))  # the main process writes it
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     job = _prepare(cfg, train)
     job.timings["load_seconds"] = round(time.perf_counter() - t0, 2)
     if resume_run:
-        out = distributed.open_run_dir(lambda: RunDir.reopen(cfg.output))
+        out = open_run_dir(lambda: RunDir.reopen(cfg.output))
     else:
-        out = distributed.open_run_dir(lambda: RunDir.create(cfg.output, overwrite))
+        out = open_run_dir(lambda: RunDir.create(cfg.output, overwrite))
     try:
         metrics = _run(cfg, job, out, log)
         out.set_state("finished")
@@ -105,12 +126,6 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
     table = summary_table(metrics)
     if table:
         log(table)
-    from .report.html import write_report  # matplotlib loads here only
-
-    try:
-        log(f"report: {write_report(out.path)}")
-    except Exception as exc:  # noqa: BLE001 - the results are saved; `abft report` can redo this
-        log(f"report: not written ({type(exc).__name__}: {exc}); retry with `abft report {out.path}`")
     return metrics
 
 
@@ -128,6 +143,7 @@ class _Job:
     sets: dict = dataclasses.field(default_factory=dict)  # the prompt sets of the selected protocols
     recipe: dict = dataclasses.field(default_factory=dict)  # what the recipe chose (recipe.resolve)
     validation: list | None = None  # validation prompts (demonstration split) scored during training
+    splits: dict = dataclasses.field(default_factory=dict)  # data.describe_splits: sizes, distinct test queries
 
 
 def _prepare(cfg: RunConfig, train: bool) -> _Job:
@@ -135,8 +151,8 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     pool = len(dataset.demonstration)
     if cfg.data.k > pool:  # StaICC would repeat demonstrations within a prompt; refuse instead
         raise UserError(
-            f"--k {cfg.data.k} is larger than the demonstration pool of '{dataset.info.name}' ({pool} rows); "
-            "lower --k or use a larger dataset"
+            f"{param('k', cfg.data.k)} is larger than the demonstration pool of '{dataset.info.name}' ({pool} rows); "
+            f"lower {param('k')} or use a larger dataset"
         )
     fsdp = _fsdp(cfg)
     device, dtype = cfg.model.device, cfg.model.dtype
@@ -153,8 +169,7 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     if fsdp:
         distributed.shard_model(model)
     choices = resolve_recipe(cfg.train, model) if train else {}
-    info = dataset.info
-    builder = PromptBuilder(tokenizer, info.label_words, default_template(info), cfg.data.label_token_mode)
+    builder = PromptBuilder.for_dataset(tokenizer, dataset.info, cfg.data.label_token_mode)
     test = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, cfg.data.test_samples))
     train_prompts = None
     if train:
@@ -168,7 +183,28 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
     sets = suites.check_suites(model, tokenizer, dataset, cfg, normal=(builder, test))  # built once per run
     base = BaseWeights(model) if train else None
     mauve = mauve_eval.prepare(model, tokenizer, dataset, cfg, base)
-    return _Job(dataset, model, tokenizer, builder, test, train_prompts, {}, mauve, base, sets, choices, validation)
+    splits = describe_splits(dataset, cfg.data.test_samples)
+    return _Job(
+        dataset, model, tokenizer, builder, test, train_prompts, {}, mauve, base, sets, choices, validation, splits
+    )
+
+
+def runtime(model) -> dict:
+    """What this run actually ran on (config.json "runtime"; --device / --dtype may say "auto"): the device,
+    the weights' dtype and the versions of abft, torch and transformers."""
+    import transformers
+
+    from . import __version__
+
+    weights = next(model.parameters())
+    dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(weights.dtype)
+    return {
+        "device": str(weights.device),
+        "dtype": dtype or str(weights.dtype).removeprefix("torch."),
+        "abft": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def _fsdp(cfg: RunConfig) -> bool:
@@ -177,116 +213,66 @@ def _fsdp(cfg: RunConfig) -> bool:
 
 
 def _validate(cfg: RunConfig, train: bool) -> None:
+    """The settings (RunConfig.validate), then what they ask of this machine and launch."""
     if _fsdp(cfg):
-        refused = [
-            ("--quantized", cfg.model.quantized),
-            ("--restricted-gradient", train and cfg.train.restricted_gradient),
-            ("--mauve-test", cfg.eval.mauve_test or cfg.eval.mauve_prefix),
-        ]
-        for flag, given in refused:
+        refused = [("quantized", cfg.model.quantized), ("mauve_test", cfg.eval.mauve_test or cfg.eval.mauve_prefix)]
+        for name, given in refused:
             if given:
-                raise UserError(f"{flag} cannot be combined with --fsdp (a sharded model)")
+                raise UserError(f"{param(name)} cannot be combined with {param('fsdp')} (a sharded model)")
+        check_restricted_gradient(train and cfg.train.restricted_gradient, lora=False, sharded=True)
     if cfg.model.device:
+        device = param("device", cfg.model.device)
         try:
-            device = torch.device(cfg.model.device)
+            torch.device(cfg.model.device)
         except RuntimeError:
-            raise UserError(f"unknown --device {cfg.model.device!r}; use cpu, cuda or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {cfg.model.device}: no CUDA GPU is available here; use --device cpu")
-    checks = [
-        ("--k", cfg.data.k, 0),
-        ("--test-samples", cfg.data.test_samples, 1),
-        ("--eval-batch-size", cfg.eval.eval_batch_size, 1),
-    ]
-    if cfg.eval.mauve_test or cfg.eval.mauve_prefix:
-        checks += [
-            ("--mauve-samples", cfg.eval.mauve_samples, 1),
-            ("--mauve-max-new-tokens", cfg.eval.mauve_max_new_tokens, 1),
-        ]
-    if train:
-        checks += [("--train-samples", cfg.data.train_samples, 1), ("--checkpoint-every", cfg.checkpoint_every, 1)]
-        cfg.train.validate()
-    check_at_least(checks)
-    check_run(cfg, train)
+            raise UserError(f"unknown {param('device')} {cfg.model.device!r}; use cpu, cuda or cuda:N") from None
+        if torch.device(cfg.model.device).type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"{device}: no CUDA GPU is available here; use {param('device', 'cpu')}")
+    cfg.validate(train)
 
 
 def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     train = job.train is not None
     previous = distributed.broadcast_object(out.read_json("config.json")) or {}  # resuming: keep its record
     choices = previous.get("recipe_choices") or job.recipe
-    config = {**dataclasses.asdict(cfg), "command": "run" if train else "evaluate"}
+    config = {**dataclasses.asdict(cfg), "command": "run" if train else "evaluate", "runtime": runtime(job.model)}
     out.write_config({**config, "recipe_choices": choices} if train else config)
+    log(splits_summary(job.splits))
+    warning = splits_warning(job.splits)
+    if warning:
+        log(f"warning: {warning}")
     if train:
         log(describe_recipe(choices, cfg.train))
     if cfg.data.test_samples < FULL_TEST:
         log(f"note: {len(job.test)} test prompts, fewer than StaICC's {FULL_TEST}: a quicker, noisier estimate")
-    model, tokenizer, test, info = job.model, job.tokenizer, job.test, job.dataset.info
-    pad = tokenizer.pad_token_id
-    labels = job.builder.label_token_ids
-    metrics: dict = distributed.broadcast_object(out.read_json("metrics.json")) or {  # resuming: main's
+    model, tokenizer, info = job.model, job.tokenizer, job.dataset.info
+    metrics: dict = distributed.broadcast_object(out.read_json(METRICS_FILE)) or {  # resuming: main's
         "dataset": info.name,
         "model": cfg.model.model,
         "k": cfg.data.k,
         "label_words": list(info.label_words),
+        "data_splits": job.splits,
     }
     timings = job.timings
     t0 = time.perf_counter()
 
     def evaluate(stage: str) -> None:  # the normal test (its metrics at the top of the stage), then the others
+        cache = suites.ScoreCache()  # holds the normal test's label distributions afterwards
         result = suites.run_suites(
-            model, tokenizer, job.dataset, cfg, sets=job.sets, stage=stage, log=log, timings=timings
+            model, tokenizer, job.dataset, cfg, sets=job.sets, cache=cache, stage=stage, log=log, timings=timings
         )
         metrics[stage] = result
+        _write_predictions(job, out, stage, cache)
         if job.mauve is not None:
             result["mauve"] = job.mauve.run(model, stage, out.path, log=log, timings=timings)
-        out.write_json("metrics.json", metrics)
-        out.write_json("timings.json", timings)
+        out.write_json(METRICS_FILE, metrics)
+        out.write_json(TIMINGS_FILE, timings)
 
     if (cfg.eval.fore_test or not train) and "before" not in metrics:
         _fore_test(cfg, job, metrics, evaluate, log)
-        out.write_json("metrics.json", metrics)
+        out.write_json(METRICS_FILE, metrics)
     if train:
-        train_prompts = job.train
-        objective = ABFTObjective.from_config(cfg.train, len(job.builder.prefix_ids))
-        sample = train_prompts[:HEAD_SAMPLE]
-        heads_before = head_statistics(model, sample, pad, objective)
-        snapshot = RunSnapshot(model, test[0], pad, tokenizer, objective, job.base)  # the report's attention
-        t = time.perf_counter()
-
-        def on_step(record: StepRecord) -> None:
-            out.append_jsonl("train_log.jsonl", record.as_dict())
-
-        def on_resume(records: list[StepRecord]) -> None:  # the log restarts from the checkpoint's steps
-            atomic_write(out.file("train_log.jsonl"), "".join(json.dumps(r.as_dict()) + "\n" for r in records))
-
-        checkpoint = out.file("checkpoint")
-        monitor = _monitor(cfg, job, log)
-        train_model(
-            model,
-            train_prompts,
-            cfg.train,
-            pad,
-            labels,
-            prefix_tokens=len(job.builder.prefix_ids),
-            seed=cfg.seed,
-            on_step=on_step,
-            on_resume=on_resume,
-            checkpoint_dir=checkpoint,
-            checkpoint_every=cfg.checkpoint_every,
-            monitor=monitor,
-        )
-        timings["train_seconds"] = round(time.perf_counter() - t, 2)
-        if monitor is not None:
-            metrics["validation"] = monitor.summary()
-            log(f"kept the weights of step {metrics['validation']['kept_step']} ({monitor.keep} on validation)")
-        heads_after = head_statistics(model, sample, pad, objective)
-        out.write_json("heads.json", {"before": heads_summary(heads_before), "after": heads_summary(heads_after)})
-        snapshot.write(model, out.path)  # example_attention.json, qk_shift.json
-        if cfg.save:  # delta.safetensors, or adapter/ (a peft adapter) with LoRA
-            save_trained(model, out.path, meta={"model": cfg.model.model, "method": cfg.train.method})
-        if cfg.eval.post_test:
-            evaluate("after")
-        shutil.rmtree(checkpoint, ignore_errors=True)
+        _train(cfg, job, out, metrics, evaluate, log)
     if "accuracy" in metrics.get("before", {}) and "accuracy" in metrics.get("after", {}):
         metrics["accuracy_gain"] = metrics["after"]["accuracy"] - metrics["before"]["accuracy"]
     if cfg.eval.generalization_test:
@@ -297,9 +283,67 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
             metrics["generalization"] = table
             log(suites.format_generalization_table(table))
     timings["run_seconds"] = round(time.perf_counter() - t0, 2)
-    out.write_json("metrics.json", metrics)
+    out.write_json(METRICS_FILE, metrics)
     out.write_json("timings.json", timings)
     return metrics
+
+
+def _train(cfg: RunConfig, job: _Job, out: RunDir, metrics: dict, evaluate, log) -> None:
+    """Training and what comes with it: heads.json, the report's snapshot, the saved weights, the after test."""
+    model, pad = job.model, job.tokenizer.pad_token_id
+    objective = ABFTObjective.from_config(cfg.train, len(job.builder.prefix_ids))
+    sample = job.train[:HEAD_SAMPLE]
+    heads_before = head_statistics(model, sample, pad, objective)
+    snapshot = RunSnapshot(model, job.test[0], pad, job.tokenizer, objective, job.base)  # the report's attention
+    t = time.perf_counter()
+
+    def on_step(record: StepRecord) -> None:
+        out.append_jsonl(LOG_FILE, record.as_dict())
+
+    def on_resume(records: list[StepRecord]) -> None:  # the log restarts from the checkpoint's steps
+        atomic_write(out.file(LOG_FILE), "".join(json.dumps(r.as_dict()) + "\n" for r in records))
+
+    checkpoint = out.file(CHECKPOINT_DIR)
+    monitor = _monitor(cfg, job, log)
+    train_model(
+        model,
+        job.train,
+        cfg.train,
+        pad,
+        job.builder.label_token_ids,
+        prefix_tokens=len(job.builder.prefix_ids),
+        seed=cfg.seed,
+        on_step=on_step,
+        on_resume=on_resume,
+        checkpoint_dir=checkpoint,
+        checkpoint_every=cfg.checkpoint_every,
+        monitor=monitor,
+    )
+    job.timings["train_seconds"] = round(time.perf_counter() - t, 2)
+    if monitor is not None:
+        metrics["validation"] = monitor.summary()
+        log(f"kept the weights of step {metrics['validation']['kept_step']} ({monitor.keep} on validation)")
+    heads_after = head_statistics(model, sample, pad, objective)
+    out.write_json(HEADS_FILE, {"before": heads_summary(heads_before), "after": heads_summary(heads_after)})
+    snapshot.write(model, out.path)  # example_attention.json, qk_shift.json
+    if cfg.save:  # delta.safetensors, or adapter/ (a peft adapter) with LoRA
+        save_trained(model, out.path, meta={"model": cfg.model.model, "method": cfg.train.method})
+    if cfg.eval.post_test:
+        evaluate("after")
+    shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def _write_predictions(job: _Job, out: RunDir, stage: str, cache: suites.ScoreCache) -> None:
+    """predictions_<stage>.jsonl: the normal test's per-prompt outputs, read from the stage's score cache (no
+    second forward); after training each record says whether its prediction flipped (predictions_before's)."""
+    labels = job.builder.label_token_ids
+    if not job.test or ScoreCache.key(job.test[0], labels) not in cache:  # the normal test was not selected
+        return
+    probs = Scorer(job.model, job.tokenizer.pad_token_id, cache=cache).probs(job.test, labels)
+    before_file = out.file(PREDICTIONS_FILE.format(stage="before"))
+    before = read_jsonl(before_file.read_text()) if stage != "before" and before_file.is_file() else None
+    records = prediction_records(probs, job.test, job.builder.label_words, before)
+    atomic_write(out.file(PREDICTIONS_FILE.format(stage=stage)), to_jsonl(records))
 
 
 def _monitor(cfg: RunConfig, job: _Job, log) -> ValidationMonitor | None:
@@ -363,5 +407,5 @@ def _write_error(exc: BaseException, run_dir: Path) -> UserError | None:
         return None
     return UserError(
         f"cannot write {exc.filename or run_dir}: {exc.strerror}; free disk space (or fix the permissions), then "
-        f"continue with `abft run --resume {run_dir}`"
+        f"continue with `abft run --resume {run_dir}`"  # the one way to continue a run
     )

@@ -12,17 +12,18 @@ command continues a sweep. `<output>/sweep.json` holds the table, which is also 
 
 from __future__ import annotations
 
-import argparse
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .config import RunConfig
-from .errors import UserError
-from .rundir import RunDir
+from .data import dataset_stem
+from .errors import UserError, param
+from .objectives import OBJECTIVES
+from .rundir import METRICS_FILE, RunDir, default_output
 
 SIZES = (32, 128, 256, 512, 1024)
-METHODS = ("abft", "e2e")
+METHODS = ("abft", "e2e")  # the default methods; any registered objective may be swept
 
 
 def sweep(
@@ -32,15 +33,15 @@ def sweep(
     output: str | Path | None = None,
     overwrite: bool = False,
     log=print,
+    on_run: Callable[[Path], None] | None = None,
 ) -> dict:
-    """Run every (method, size) and return sweep.json's content: before accuracy and one row per run."""
-    from . import runner
-
+    """Run every (method, size) and return sweep.json's content: before accuracy and one row per run.
+    `on_run(run_dir)` after each run made or resumed here (the CLI writes its report)."""
     if not sizes or any(n < 1 for n in sizes):
-        raise UserError(f"--sizes must be positive training-set sizes, got {list(sizes)}")
-    if not methods or any(m not in METHODS for m in methods):
-        raise UserError(f"--methods must be among {', '.join(METHODS)}, got {list(methods)}")
-    root = Path(output or cfg.output or runner.default_output(cfg, what="sweep"))
+        raise UserError(f"{param('sizes')} must be positive training-set sizes, got {list(sizes)}")
+    if not methods or any(m not in OBJECTIVES for m in methods):
+        raise UserError(f"{param('methods')} must be among {', '.join(OBJECTIVES)}, got {list(methods)}")
+    root = Path(output or cfg.output or default_output(dataset_stem(cfg.data.dataset), "sweep"))
     out = RunDir(root)  # not a run directory itself; its write_json is atomic
     table: dict = {
         "dataset": Path(cfg.data.dataset).stem,
@@ -57,7 +58,7 @@ def sweep(
             run_cfg.output = str(root / f"{method}-{size}")
             run_cfg.eval.fore_test = run_cfg.eval.post_test = run_cfg.eval.reuse_fore_test = True
             log(f"sweep: {method} with {size} training prompts -> {run_cfg.output}")
-            metrics = _run_or_reuse(runner, run_cfg, overwrite, log)
+            metrics = _run_or_reuse(run_cfg, overwrite, log, on_run)
             if first:
                 table["before_accuracy"] = metrics.get("before", {}).get("accuracy")
                 # Made here rather than before the loop so that options the first run rejects leave nothing behind
@@ -80,15 +81,21 @@ def sweep(
     return table
 
 
-def _run_or_reuse(runner, cfg: RunConfig, overwrite: bool, log) -> dict:
+def _run_or_reuse(cfg: RunConfig, overwrite: bool, log, on_run) -> dict:
+    from . import runner  # here: `abft --help` builds this module's parser without loading torch's stack
+
     run = RunDir(Path(cfg.output))
     state = None if overwrite else run.state()
     if state == "finished":
         log("sweep: finished before, reusing its metrics.json")
-        return run.read_json("metrics.json") or {}
+        return run.read_json(METRICS_FILE) or {}
     if state is not None and run.read_json("config.json") is not None:
-        return runner.resume(cfg.output, log=log)
-    return runner.run(cfg, train=True, overwrite=overwrite, log=log)
+        metrics = runner.resume(cfg.output, log=log)
+    else:
+        metrics = runner.run(cfg, train=True, overwrite=overwrite, log=log)
+    if on_run is not None:
+        on_run(run.path)
+    return metrics
 
 
 def format_sweep(table: dict) -> str:
@@ -102,34 +109,3 @@ def format_sweep(table: dict) -> str:
     lines += [f"{n:<15}" + "".join(f"{percent(cell.get((m, n))):>10}" for m in methods) for n in sizes]
     lines.append(f"{'before':<15}{percent(table['before_accuracy']):>10}")
     return "\n".join(lines)
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from .cli import _config
-
-    sweep(_config(args), args.sizes, args.methods, overwrite=args.overwrite)
-    return 0
-
-
-def register(sub) -> None:
-    """Add `abft sweep` to abft.cli's subparsers (every `abft run` option, plus --sizes and --methods)."""
-    from .cli import SECTIONS, _add_fields
-
-    parser = sub.add_parser(
-        "sweep",
-        help="data efficiency: ABFT and E2E at several training-set sizes, one table",
-        description="Run `abft run` for each method and training-set size into OUTPUT/<method>-<size>; "
-        "write OUTPUT/sweep.json. Re-running the same command reuses finished runs and resumes interrupted ones.",
-    )
-    for name, cls in SECTIONS.items():
-        _add_fields(parser, cls, f"{name}.", skip={"train_samples", "method", "fore_test", "post_test"})
-    _add_fields(parser, RunConfig, "")
-    group = parser.add_argument_group("sweep")
-    group.add_argument(
-        "--sizes", type=int, nargs="+", default=list(SIZES), metavar="N", help=f"training-set sizes (default: {SIZES})"
-    )
-    group.add_argument(
-        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help=f"methods (default: {METHODS})"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing run directories")
-    parser.set_defaults(func=cmd_sweep)

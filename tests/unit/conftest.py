@@ -30,6 +30,16 @@ def tiny_word_model_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory):
+    """reviews.csv, 400 rows of the tiny word tokenizer's words: calibration 72, demonstration 292, test 36."""
+    from test_bad_input import _rows
+
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    path.write_text(_rows(400))
+    return path
+
+
 @pytest.fixture
 def patch_runner(monkeypatch):
     """Factory: make `abft run` / `evaluate` / `sweep` in this test use a tiny random Llama and the toy dataset,

@@ -12,12 +12,12 @@ from fake_prompts import fake_prompts
 from test_attention import BUILDERS, MODELS, _batch, _one_thread  # noqa: F401  (_one_thread: autouse fixture)
 from tiny_models import tiny_llama, tiny_qwen2
 
+from abft.analysis.ceiling import edit_rows, edited_scores, label_position_masks
+from abft.analysis.heads import head_statistics
 from abft.attention import edit_last_row, last_real_index, use_last_row_attention
 from abft.batching import collate
 from abft.cli import main
-from abft.heads import head_statistics
 from abft.objectives import ABFTObjective
-from abft.report.ceiling import edit_rows, edited_scores, label_position_masks
 
 TOL = 1e-5
 

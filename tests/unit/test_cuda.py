@@ -23,9 +23,9 @@ from test_attention import BATCH, BUILDERS, LENGTH, PADDINGS, _batch, _eager_row
 from test_lora import CFG as LORA_CFG
 from test_params import _snapshot
 
+from abft.analysis.heads import head_statistics
 from abft.attention import capture_last_row, use_last_row_attention
 from abft.config import TrainConfig
-from abft.heads import head_statistics
 from abft.models.params import find_qk_slices
 from abft.train import train
 

@@ -181,15 +181,15 @@ def test_fsdp_refuses_what_it_cannot_shard(monkeypatch):
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     for field, value, flag in [
-        ("model.quantized", True, "--quantized"),
-        ("train.restricted_gradient", True, "--restricted-gradient"),
-        ("eval.mauve_test", True, "--mauve-test"),
+        ("model.quantized", True, "quantized"),
+        ("train.restricted_gradient", True, "restricted_gradient"),
+        ("eval.mauve_test", True, "mauve_test"),
     ]:
         cfg = RunConfig()
         cfg.model.fsdp = True
         section, name = field.split(".")
         setattr(getattr(cfg, section), name, value)
-        with pytest.raises(UserError, match=f"{flag} cannot be combined with --fsdp"):
+        with pytest.raises(UserError, match=f"{flag} cannot be combined with fsdp"):  # the library names parameters
             runner._validate(cfg, train=True)
     cfg = RunConfig()
     cfg.model.fsdp = True

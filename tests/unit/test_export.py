@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_bad_input import SMALL, _rows
+from test_bad_input import SMALL
 from tiny_models import tiny_gpt2, tiny_llama
 
 from abft.errors import UserError
@@ -29,13 +29,6 @@ from abft.models.lora import add_lora
 from abft.models.params import find_qk_slices, load_delta, read_meta, save_delta, save_trained
 
 IDS = [[1, 5, 9, 14, 30, 41, 7, 22, 3, 60, 12, 2]]  # any ids below the tiny vocabulary (100)
-
-
-@pytest.fixture(scope="module")
-def data_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    path.write_text(_rows(400))
-    return path
 
 
 def _finished(tmp_path_factory, model_dir, data_csv, name, *flags) -> Path:
@@ -210,7 +203,7 @@ def _config_of(command: str) -> dict:
 
 def _without_output(config: dict) -> dict:
     config = json.loads(json.dumps(config))
-    for key in ("output", "command", "recipe_choices"):
+    for key in ("output", "command", "recipe_choices", "runtime"):  # records, not settings
         config.pop(key, None)
     for key in ("val_samples", "keep"):  # chosen by --recipe auto, which chooses the same again
         config["train"][key] = None
@@ -388,3 +381,16 @@ def test_fingerprint_of_a_lora_model_is_its_base_model_s():
             if "lora_B" in name:
                 p.normal_()  # a trained adapter: not part of the base
     assert base_fingerprint(lora) == base_fingerprint(base)
+
+
+def test_abft_export_command(capsys, tmp_path, delta_run):
+    """The subcommand: the directory on success (exit 0), one line and exit 2 for an OUT that holds files."""
+    from abft.cli import main
+
+    out = tmp_path / "merged"
+    assert main(["export", str(delta_run), "--merged", str(out)]) == 0
+    assert capsys.readouterr().out.strip().endswith(str(out))
+    assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
+    assert main(["export", str(delta_run), "--merged", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("abft: error:")

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-from test_bad_input import SMALL, _fails, _rows
+from objective_patches import nan_from_step_2, patch_loss
+from test_bad_input import SMALL, _fails
 
 from abft.cli import main
 
@@ -19,13 +20,6 @@ from abft.cli import main
 @pytest.fixture(scope="module")
 def model_dir(tiny_word_model_dir):
     return tiny_word_model_dir
-
-
-@pytest.fixture(scope="module")
-def data_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    path.write_text(_rows(400))
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -194,19 +188,9 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
 @pytest.fixture
 def failed_run(capsys, tmp_path, model_dir, data_csv, monkeypatch):
     """A run whose loss became NaN at step 2 of 2: status failed, a checkpoint after step 1."""
-    import abft.train
-
-    class Diverging(abft.train.ABFTObjective):
-        calls = 0
-
-        def __call__(self, *args, **kwargs):
-            loss, heads = super().__call__(*args, **kwargs)
-            Diverging.calls += 1
-            return (loss * float("nan") if Diverging.calls >= 2 else loss), heads
-
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        mp.setattr(abft.train, "ABFTObjective", Diverging)
+        patch_loss(mp, nan_from_step_2)
         assert main(_run(model_dir, data_csv, out, "--no-fore-test", "--no-post-test")) == 2
     capsys.readouterr()
     assert json.loads((out / "status.json").read_text())["state"] == "failed"
@@ -342,16 +326,9 @@ def test_sigterm_is_recorded_like_ctrl_c_and_resume_cleans_temporaries(
 ):
     import signal
 
-    import abft.train
-
-    class Killed(abft.train.ABFTObjective):
-        def __call__(self, *args, **kwargs):
-            os.kill(os.getpid(), signal.SIGTERM)
-            return super().__call__(*args, **kwargs)
-
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        mp.setattr(abft.train, "ABFTObjective", Killed)
+        patch_loss(mp, lambda loss, n: os.kill(os.getpid(), signal.SIGTERM) or loss)
         assert main(_run(model_dir, data_csv, out, "--no-fore-test", "--no-post-test")) == 130
     err = capsys.readouterr().err.strip()
     assert err == f"abft: interrupted; continue with `abft run --resume {out}`"

@@ -89,7 +89,7 @@ def test_lora_config_targets_exactly_query_and_key(tmp_path):
     model = add_lora(tiny_llama("sdpa"), r=2)
     lora = {n for n, m in model.named_modules() if hasattr(m, "lora_A")}
     assert lora == {f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "k_proj")}
-    with pytest.raises(UserError, match="restricted-gradient"):
+    with pytest.raises(UserError, match="restricted_gradient"):
         train(model, fake_prompts(2), TrainConfig(lora_r=2, restricted_gradient=True), 0, LABEL_TOKENS)
 
 

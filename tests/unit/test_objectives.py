@@ -71,12 +71,15 @@ def test_loss_without_correct_label_is_penalty_only_and_gradient_signs():
 
 
 def test_padding_labels_are_ignored():
-    probs = _probs([[0.0, 0.5, 0.0, 0.5]])
-    # second example slot padded with label -1 (zero-shot or fewer demonstrations)
-    loss, heads = ABFTObjective(head_filter=False)(
-        probs, torch.tensor([[1, 0]]), torch.tensor([[1, -1]]), torch.tensor([1]), torch.tensor([4]), 0.5, 1.0
-    )
-    assert float(loss) == pytest.approx(0.5)
+    """A padded demonstration slot (label -1, position 0 after collate) is neither a wrong label nor label mass,
+    even where the last token attends to the position it points at."""
+    probs = _probs([[0.4, 0.3, 0.0, 0.3]])
+    pos, labels, gold, lengths = torch.tensor([[1, 0]]), torch.tensor([[1, -1]]), torch.tensor([1]), torch.tensor([4])
+    loss, _ = ABFTObjective(head_filter=False)(probs, pos, labels, gold, lengths, 0.5, 1.0)
+    assert float(loss) == pytest.approx(1.0 - 0.3)  # B * (1 - 0.3); counted as wrong it would add A * 0.4
+    # label mass 0.3 against k=1's threshold 1 / (1 + ln 4) = 0.42 (with the slot: mass 0.7, k=2)
+    _, heads = ABFTObjective()(probs, pos, labels, gold, lengths, 0.5, 1.0)
+    assert not bool(heads.any())
 
 
 def test_e2e_loss_vocab_and_labels():

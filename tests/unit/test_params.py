@@ -3,11 +3,12 @@ import torch
 from fake_prompts import LABEL_TOKENS, fake_prompts
 from tiny_models import BUILDERS, tiny_gpt2, tiny_llama
 
+from abft.analysis.heads import head_statistics
 from abft.config import TrainConfig
 from abft.errors import UserError
-from abft.heads import head_statistics
 from abft.models.params import find_qk_slices, load_delta, mark_trainable, save_delta
-from abft.train import _masked_backward, train
+from abft.train import train
+from abft.train.setup import masked_backward
 
 
 def _snapshot(model):
@@ -71,7 +72,7 @@ def test_restricted_gradient_masks_inactive_heads_and_groups():
     active = torch.tensor([[True, False, False, False], [False, False, True, True]])  # (L, Hq)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert [p for _, p in named] == params
-    _masked_backward(loss, named, slices, active)
+    masked_backward(loss, named, slices, active)
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     q0 = grads["model.layers.0.self_attn.q_proj.weight"].view(4, 8, -1)
     assert q0[0].abs().sum() > 0 and q0[1:].abs().sum() == 0

@@ -75,7 +75,7 @@ def test_explicit_settings_win_over_the_recipe():
 def test_keep_best_without_validation_is_refused():
     from abft.errors import UserError
 
-    with pytest.raises(UserError, match="--keep best needs validation"):
+    with pytest.raises(UserError, match="keep=best needs validation"):
         TrainConfig(val_samples=0, keep="best").validate()
 
 

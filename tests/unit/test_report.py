@@ -21,6 +21,9 @@ import torch
 from fake_prompts import LABEL_TOKENS, fake_prompts
 from tiny_models import tiny_llama
 
+from abft.analysis.heads import HeadsOptions, circuit_heads, discover_heads, induction_stripe, prefix_matching_scores
+from abft.analysis.interpolation import interpolate_runs
+from abft.analysis.snapshot import RunSnapshot, last_row
 from abft.attention import capture_last_row, use_last_row_attention
 from abft.batching import collate
 from abft.cli import main
@@ -30,10 +33,7 @@ from abft.models import load_model
 from abft.models.params import find_qk_slices, trained_tensors
 from abft.objectives import ABFTObjective
 from abft.report import figures
-from abft.report.commands import interpolate_runs
-from abft.report.discovery import HeadsOptions, circuit_heads, discover_heads, induction_stripe, prefix_matching_scores
 from abft.report.html import write_report
-from abft.report.snapshot import RunSnapshot, last_row
 from abft.rundir import RunDir
 from abft.train import train
 
@@ -122,7 +122,7 @@ def test_report_errors_and_stale_figures(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     bare = tmp_path / "eval"
     bare.mkdir()
-    (bare / "config.json").write_text(json.dumps({"command": "evaluate", "data": {"dataset": "sst2"}}))
+    RunDir(bare).write_config({"command": "evaluate", "data": {"dataset": "sst2"}})  # fingerprinted
     (bare / "metrics.json").write_text(json.dumps({"dataset": "sst2", "before": {"accuracy": 0.5}}))
     (bare / "figures").mkdir()
     (bare / "figures" / "qk_shift.png").write_bytes(b"old")
@@ -302,19 +302,19 @@ def test_interpolation_refuses_runs_of_different_setups(runs, tmp_path):
     shutil.copytree(runs["abft"], other)
     config = json.loads((other / "config.json").read_text())
     config["data"]["k"] = 3
-    RunDir(other).write_config(config)  # fingerprinted, as a run started with k=3 would be
+    RunDir(other).write_config(config)  # a run of its own (fingerprinted), not an edited one
 
     def never(*args):
         raise AssertionError("the model must not be loaded")
 
-    with pytest.raises(UserError, match="differ in --k"):
+    with pytest.raises(UserError, match="differ in k "):
         interpolate_runs(runs["e2e"], other, loader=never)
     config["data"]["k"] = 2
     RunDir(other).write_config(config)
     (other / "delta.safetensors").unlink()
     with pytest.raises(UserError, match="no trained weights"):
         interpolate_runs(runs["e2e"], other, loader=never)
-    with pytest.raises(UserError, match="--grid"):
+    with pytest.raises(UserError, match="grid must be at least 2"):
         interpolate_runs(runs["e2e"], runs["abft"], grid=1, loader=never)
 
 
@@ -334,9 +334,9 @@ def test_accuracy_figure_takes_every_protocols_accuracy_but_no_slopes():
 
 
 def test_interpolation_reads_a_lora_run_as_merged_weights(tmp_path):
+    from abft.analysis.interpolation import run_weights
     from abft.models.lora import add_lora
     from abft.models.params import save_trained
-    from abft.report.interpolation import run_weights
 
     trained = add_lora(tiny_llama(attn_implementation="sdpa"), r=2)
     with torch.no_grad():

@@ -325,7 +325,7 @@ def test_calibration_by_hand(tok, fake_scorer):
 
     fake_scorer(rule)
     ds = toy()
-    res = suites.contextual_calibration(None, tok, ds, make_cfg(k=2, n=30))
+    res = suites.calibration(None, tok, ds, make_cfg(k=2, n=30, calibration=("contextual",)))
     pairs = test_pairs(ds, 2, 30)
     probs, calibrated = [], []
     for demos, q in pairs:
@@ -338,17 +338,18 @@ def test_calibration_by_hand(tok, fake_scorer):
     gold = np.array([ds.rows[q][1] for _, q in pairs])
     expected = classification_metrics(np.array(calibrated), gold, 3)
     for key, value in expected.items():
-        assert res["calibrated"][key] == pytest.approx(value), key
+        assert res["contextual"][key] == pytest.approx(value), key
     assert res["uncalibrated"]["accuracy"] == pytest.approx(
         classification_metrics(np.array(probs), gold, 3)["accuracy"]
     )
-    assert res["calibrated"]["accuracy"] != res["uncalibrated"]["accuracy"]  # the case is not trivial
-    assert res["content_free_inputs"] == ["N/A", "", "[MASK]"]
+    assert res["contextual"]["accuracy"] != res["uncalibrated"]["accuracy"]  # the case is not trivial
+    assert res["setup"]["contextual"]["content_free_inputs"] == ["N/A", "", "[MASK]"]
+    assert set(res) == {"uncalibrated", "contextual", "setup"}
 
 
 def test_content_free_prompts_keep_the_demonstrations(tok):
     ds = toy()
-    sets = calibration_sets(PromptSets(tok, make_cfg(k=3, n=5)), ds)
+    sets = calibration_sets(PromptSets(tok, make_cfg(k=3, n=5, calibration=("contextual",))), ds)
     builder, normal = sets["normal"].builder, sets["normal"].prompts
     for j, (demos, _) in enumerate(test_pairs(ds, 3, 5)):
         for text in ("N/A", "", "[MASK]"):
@@ -362,7 +363,7 @@ def test_each_prompt_is_scored_once_per_stage(tok, fake_scorer):
     scored = fake_scorer(lambda p, ids: one_hot(len(ids), 0))
     ds = toy()
     cfg = make_cfg(k=2, n=8, test_type=("normal", "template", "demo"), unseen_label_test=True)
-    cfg.eval.bias_test = cfg.eval.calibration = True
+    cfg.eval.bias_test, cfg.eval.calibration = True, ("contextual", "domain", "batch")  # probabilities only
     logs = []
     out = suites.run_suites(None, tok, ds, cfg, log=logs.append)
     assert [key for key in out if key in suites.SUITES] == ["template", "demo", "unseen_label", "bias", "calibration"]
@@ -373,12 +374,13 @@ def test_each_prompt_is_scored_once_per_stage(tok, fake_scorer):
 
 
 def test_flags_parse():
-    from abft.cli import _config, build_parser
+    from abft.cli import build_parser
+    from abft.cli.flags import config_from_args
 
     args = build_parser().parse_args(
         ["run", "--test-type", "normal", "demo", "--generalization-test", "--unseen-label-test", "--bias-test"]
     )
-    ev = _config(args).eval
+    ev = config_from_args(args).eval
     assert ev.test_type == ("normal", "demo") and ev.generalization_test and ev.unseen_label_test and ev.bias_test
     assert not ev.calibration
     assert RunConfig().eval.test_type == ("normal",) and suites.selected(RunConfig()) == ["normal"]
@@ -439,8 +441,8 @@ def test_no_prompt_set_is_built_twice_per_run(tiny_run, tmp_path, monkeypatch):
     assert len(built) == len(set(built))  # no set twice
     # test + train + validation prompts, 8 templates (template 0 = the test prompts), demo, 8 paper datasets (the toy
     # one is the test prompts), unseen + 0-shot, contextual (= content-free "") + domain + 1 noise level (k = 1:
-    # wrong labels 0, 0, 0, 0, 1), content-free "N/A" and "[MASK]"
-    assert len(built) == 3 + 8 + 1 + 8 + 2 + 3 + 2
+    # wrong labels 0, 0, 0, 0, 1), content-free "N/A" and "[MASK]", domain-calibration and anchor prompts
+    assert len(built) == 3 + 8 + 1 + 8 + 2 + 3 + 2 + 2
 
 
 def test_default_and_template_only_runs(tiny_run, tmp_path):

@@ -67,7 +67,7 @@ def test_every_run_asks_for_the_fore_test_cache_and_a_missing_accuracy_is_no_gai
     table = sweep(cfg, sizes=(2, 4), methods=("abft", "e2e"), log=lambda *a: None)
     assert all(c.eval.fore_test and c.eval.reuse_fore_test and c.eval.post_test for c in runs) and len(runs) == 4
     assert table["before_accuracy"] is None and [r["gain"] for r in table["rows"]] == [None] * 4
-    root = Path(runs[0].output).parent  # runner.default_output's name, with "sweep" for the method
+    root = Path(runs[0].output).parent  # rundir.default_output(dataset, "sweep")
     assert root.parent == Path("runs") and root.name.startswith("sst2-sweep-")
     assert json.loads((root / "sweep.json").read_text()) == table
 

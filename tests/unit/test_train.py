@@ -2,9 +2,9 @@ import torch
 from fake_prompts import LABEL_TOKENS, fake_prompts
 from tiny_models import tiny_llama
 
+from abft.analysis.heads import head_statistics
 from abft.config import TrainConfig
 from abft.control import PenaltyController
-from abft.heads import head_statistics
 from abft.models.params import find_qk_slices, trained_tensors
 from abft.objectives import ABFTObjective
 from abft.train import train

@@ -282,3 +282,29 @@ def test_fuzz_split_column(cells, seed):
     c, d, t = ds.calibration, ds.demonstration, ds.test
     assert c and d and t and sorted(c + d + t) == list(range(len(ds.rows)))
     assert (len(c), len(d), len(t)) == ds.info.split_sizes
+
+
+def test_a_run_prints_and_records_its_splits_and_what_it_ran_on(capsys, tmp_path, tiny_word_model_dir, monkeypatch):
+    """`abft evaluate` on split files: the split line and the warning in the log, data_splits in metrics.json,
+    the device, dtype and versions in config.json, and the run named after the train file."""
+    import abft.report.html
+    from abft.cli import main
+
+    monkeypatch.setenv("ABFT_NO_PROGRESS", "1")
+    monkeypatch.setattr(abft.report.html, "write_report", lambda path: Path(path) / "report.html")
+    monkeypatch.chdir(tmp_path)
+    words = ("negative", "positive")  # the tiny tokenizer's words
+    train = _csv(tmp_path / "mytrain.csv", [(f"w{i % 20} w{i * 7 % 20}", words[i % 2]) for i in range(30)])
+    test = _csv(tmp_path / "mytest.csv", [(f"w{i} w{i + 3}", words[i % 2]) for i in range(3)])
+    argv = ["evaluate", "--model", str(tiny_word_model_dir), "--dataset", f"train={train},test={test}"]
+    assert main([*argv, "--k", "2", "--test-samples", "6"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"data .*: \d+ calibration / \d+ demonstration / 3 test rows, 3 distinct test queries", out)
+    assert re.search(r"warning: mytrain: only 3 distinct test queries", out)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("mytrain-eval-")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data_splits"]["test"] == 3 and metrics["data_splits"]["test_prompts"] == 6
+    runtime = json.loads((run / "config.json").read_text())["runtime"]
+    assert runtime["device"] == "cpu" and runtime["dtype"] == "fp32"
+    assert {"abft", "torch", "transformers"} <= set(runtime)

@@ -26,7 +26,14 @@ from .staicc import (
     restricted_loads,
 )
 from .templates import L9_TABLE, Template, consistency_templates, default_template
-from .userdata import dataset_stem, format_file_spec, load_any, load_user_dataset, parse_file_spec
+from .userdata import (
+    dataset_stem,
+    format_file_spec,
+    load_any,
+    load_user_dataset,
+    parse_file_spec,
+    rows_from_examples,
+)
 
 # `test_pairs` is a library function, not a pytest test: keep pytest from collecting it when imported.
 test_pairs.__test__ = False
@@ -54,6 +61,7 @@ __all__ = [
     "parse_file_spec",
     "read_dataset_file",
     "restricted_loads",
+    "rows_from_examples",
     "splits_summary",
     "splits_warning",
     "test_pairs",

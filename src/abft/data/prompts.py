@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from abft.errors import UserError
 
-from .templates import Template
+from .templates import Template, default_template
 
 if TYPE_CHECKING:
     from .staicc import Dataset
@@ -57,6 +57,11 @@ class Prompt:
 
 
 class PromptBuilder:
+    @classmethod
+    def for_dataset(cls, tokenizer, info, label_token_mode: str = "space") -> PromptBuilder:
+        """The builder every command uses for a dataset: its label words and default template."""
+        return cls(tokenizer, info.label_words, default_template(info), label_token_mode)
+
     def __init__(self, tokenizer, label_words: Sequence[str], template: Template, label_token_mode: str = "space"):
         if label_token_mode not in MODES:
             raise UserError(f"unknown label token mode {label_token_mode!r}; choose one of {', '.join(MODES)}")

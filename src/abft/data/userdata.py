@@ -162,6 +162,30 @@ def _label_index(value, words: tuple[str, ...], where: str) -> int:
     )
 
 
+def rows_from_examples(
+    examples, label_words, text_key: str = "text", label_key: str = "label", source: str = "examples"
+) -> list[tuple[str, int]]:
+    """(text, label index) rows of in-memory examples: (text, label) pairs or mappings with `text_key` and
+    `label_key` (a row of a Hugging Face datasets.Dataset is one); a label is a label word or its index."""
+    words = _check_words(list(label_words) if isinstance(label_words, tuple) else label_words, "label_words")
+    rows = []
+    for i, example in enumerate(examples):
+        where = f"{source}[{i}]"
+        if isinstance(example, Mapping):
+            missing = [key for key in (text_key, label_key) if key not in example]
+            if missing:
+                raise UserError(f"{where} has no {missing[0]!r} key; its keys are {sorted(example)}")
+            text, label = example[text_key], example[label_key]
+        elif isinstance(example, (tuple, list)) and len(example) == 2:
+            text, label = example
+        else:
+            raise UserError(f"{where} is {type(example).__name__}; give (text, label) pairs or mappings")
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{where}: the text must be a non-empty string, got {text!r}")
+        rows.append((text, _label_index(label, words, where)))
+    return rows
+
+
 def _check_words(words, source: str) -> tuple[str, ...]:
     if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) for w in words):
         raise UserError(f"label words from {source} must be a list of strings")

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from abft.errors import UserError
+from abft.errors import UserError, param
 from abft.models.context import check_context
 from abft.models.params import BaseWeights
 from abft.rundir import atomic_write
@@ -99,9 +99,9 @@ def load_prefix_file(path: str | Path, n: int | None = None) -> list[PrefixItem]
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise UserError(f"cannot read --mauve-prefix file {path} ({exc.strerror or exc})") from None
+        raise UserError(f"cannot read {param('mauve_prefix')} file {path} ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
-        raise UserError(f"--mauve-prefix file {path} is not UTF-8 text") from None
+        raise UserError(f"{param('mauve_prefix')} file {path} is not UTF-8 text") from None
     items: list[PrefixItem] = []
     jsonl = path.suffix.lower() == ".jsonl"
     for number, line in enumerate(text.splitlines(), 1):
@@ -136,7 +136,8 @@ def require_mauve() -> None:
     except ImportError as exc:
         missing = getattr(exc, "name", None) or "mauve"
         raise UserError(
-            f"--mauve-test needs the mauve-text package (with faiss-cpu and scikit-learn; {missing} is missing): "
+            f"{param('mauve_test')} needs the mauve-text package (with faiss-cpu and scikit-learn; {missing} is "
+            "missing): "
             f"{INSTALL_HINT}"
         ) from None
 
@@ -279,19 +280,22 @@ def prepare(model, tokenizer, dataset, cfg, base: BaseWeights | None = None) -> 
     if not (ev.mauve_test or ev.mauve_prefix):
         return None
     if ev.mauve_decoding not in DECODINGS:
-        raise UserError(f"--mauve-decoding must be one of {', '.join(DECODINGS)}, got {ev.mauve_decoding!r}")
+        raise UserError(f"{param('mauve_decoding')} must be one of {', '.join(DECODINGS)}, got {ev.mauve_decoding!r}")
     require_mauve()
     if ev.mauve_prefix:
         items = load_prefix_file(ev.mauve_prefix, ev.mauve_samples)
         source = str(ev.mauve_prefix)
-        where = f"--mauve-prefix file {ev.mauve_prefix}"
+        where = f"{param('mauve_prefix')} file {ev.mauve_prefix}"
     else:
         items = builtin_prefixes(dataset, ev.mauve_samples)
         source = f"built-in: {dataset.info.name} test split"
-        where = f"{dataset.info.name}'s test split (texts of at least {MIN_WORDS} words); give --mauve-prefix FILE"
+        where = f"{dataset.info.name}'s test split (texts of at least {MIN_WORDS} words)"
+        where += f"; give {param('mauve_prefix', 'FILE')}"
     items = [item for item in items if item.prefix]
     if len(items) < MIN_PREFIXES:
-        raise UserError(f"--mauve-test needs at least {MIN_PREFIXES} non-empty prefixes, found {len(items)} in {where}")
+        raise UserError(
+            f"{param('mauve_test')} needs at least {MIN_PREFIXES} non-empty prefixes, found {len(items)} in {where}"
+        )
     test = MauveTest(tokenizer, items, source, cfg, base)
     longest_generated = max(map(len, test.prefix_ids)) + ev.mauve_max_new_tokens  # a prefix and all its new tokens
     lengths = [longest_generated, *map(len, test.reference_ids)]

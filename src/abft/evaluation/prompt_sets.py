@@ -23,9 +23,11 @@ from abft.data import (
     default_template,
     load_dataset,
     test_pairs,
+    validation_pairs,
 )
 
 from .calibration import CONTENT_FREE_INPUTS
+from .calibration_methods import CALIBRATIONS
 from .metrics import LABEL_NOISE_CORRECT_RATIOS
 from .variants import demo_consistency_pairs, domain_queries, unseen_label_pairs, wrong_label_positions
 
@@ -176,9 +178,39 @@ def bias_sets(sets: PromptSets, dataset: Dataset) -> dict:
     return out
 
 
+CALIBRATION_PROMPTS = 128  # StaICC's domain-calibration prompts and hidden / kNN anchors
+DOMAIN_CALIBRATION_WORDS = 64  # StaICC's domain-calibration query length
+CALIBRATION_SEED = 42  # of calibration_pairs' python random.Random
+
+
+def calibration_methods(cfg) -> list[str]:
+    """The calibrations --calibration selects, each once, in CALIBRATIONS order."""
+    return [name for name in CALIBRATIONS if name in cfg.eval.calibration]
+
+
+def calibration_pairs(dataset: Dataset, k: int) -> list[tuple[list[int], int]]:
+    """The CALIBRATION_PROMPTS hidden / kNN anchor pairs: a demonstration-split query with k distinct other
+    demonstration-split rows (validation_pairs with its own seed, so not the runner's validation prompts);
+    the domain prompts keep their demonstrations."""
+    return validation_pairs(dataset, k, CALIBRATION_PROMPTS, seed=CALIBRATION_SEED)
+
+
 def calibration_sets(sets: PromptSets, dataset: Dataset) -> dict:
-    """normal, then the content-free sets: the same demonstrations with each CONTENT_FREE_INPUTS query."""
-    out = {"normal": sets.normal(dataset)}
-    for text in CONTENT_FREE_INPUTS:
-        out[f"content-free {text!r}"] = sets.with_query(dataset, text)
+    """normal, then what the selected --calibration methods need: contextual: the same demonstrations with
+    each CONTENT_FREE_INPUTS query; domain: CALIBRATION_PROMPTS prompts of calibration_pairs' demonstrations
+    with DOMAIN_CALIBRATION_WORDS random demonstration-split words as query; hidden, knn: the anchors
+    (calibration_pairs as built, gold = the query's label). Nothing from the test split but the normal set."""
+    methods = calibration_methods(sets.cfg)
+    normal = sets.normal(dataset)
+    out = {"normal": normal}
+    if "contextual" in methods:
+        for text in CONTENT_FREE_INPUTS:
+            out[f"content-free {text!r}"] = sets.with_query(dataset, text)
+    if "domain" in methods or "hidden" in methods or "knn" in methods:
+        pairs, builder = calibration_pairs(dataset, sets.k), normal.builder
+    if "domain" in methods:
+        words = domain_queries(dataset, len(pairs), length=DOMAIN_CALIBRATION_WORDS)
+        out["domain"] = PromptSet(builder, _with_queries(builder, dataset, pairs, words))
+    if "hidden" in methods or "knn" in methods:
+        out["anchors"] = PromptSet(builder, builder.build_pairs(dataset, pairs))
     return out

@@ -7,7 +7,7 @@
     generalization(model, tok, ds, cfg)          # the StaICC test prompts of the 8 paper datasets
     unseen_label(model, tok, ds, cfg)            # no demonstration has the gold label, vs normal and 0-shot
     bias(model, tok, ds, cfg)                    # contextual / domain / posterior bias, label-noise slopes
-    contextual_calibration(model, tok, ds, cfg)  # the Zhao et al. (2021) baseline on the test prompts
+    calibration(model, tok, ds, cfg)             # the --calibration baselines (contextual, domain, ...)
 
 Each protocol takes `cache=` (the stage's ScoreCache) and `sets=` (its prompt sets from prompt_sets.py,
 as suites.check_suites builds them once per run); without them it makes its own. Definitions: docs in
@@ -25,12 +25,15 @@ import numpy as np
 
 from abft.data import Dataset
 
-from .calibration import CONTENT_FREE_INPUTS, calibrate_contextual
+from .calibration import CONTENT_FREE_INPUTS
+from .calibration_methods import STAICC_BATCH_SIZE, STAICC_KNN_K, calibrate, calibrate_knn
 from .metrics import classification_metrics, consistency, entropy_of_mean, label_noise_slope, posterior_bias
 from .prompt_sets import (
+    DOMAIN_CALIBRATION_WORDS,
     PromptSet,
     PromptSets,
     bias_sets,
+    calibration_methods,
     calibration_sets,
     demo_sets,
     generalization_sets,
@@ -204,27 +207,91 @@ def bias(model, tokenizer, dataset: Dataset, cfg, *, cache: ScoreCache | None = 
     return out
 
 
-def contextual_calibration(
-    model, tokenizer, dataset: Dataset, cfg, *, cache: ScoreCache | None = None, sets=None
-) -> dict:
-    """Contextual calibration (Zhao et al. 2021) of the test prompts (--k, --test-samples).
+def calibration(model, tokenizer, dataset: Dataset, cfg, *, cache: ScoreCache | None = None, sets=None) -> dict:
+    """The --calibration baselines (calibration_methods.CALIBRATIONS) on the same test prompts (--k,
+    --test-samples): {"uncalibrated": metrics, <method>: metrics of its calibrated distributions, ...,
+    "setup": {<method>: what it used}}. Extra prompts (calibration_sets) come from the demonstration split:
 
-    For each test prompt the query text is replaced by each content-free input ("N/A", "", "[MASK]") with
-    the same demonstrations and template; p_cf of that prompt is the mean of the three label distributions
-    and its prediction p becomes (p / p_cf) / sum(p / p_cf) (calibrate_contextual, all prompts at once).
+    contextual: each test prompt's query replaced by "N/A", "" and "[MASK]" (same demonstrations) gives that
+    prompt's p_cf (the mean of the three); p -> (p / p_cf) / sum(p / p_cf). domain: the same with one p_cf, the
+    mean over 128 prompts whose query is 64 random demonstration-split words. batch: the test predictions'
+    mean in chunks of 128 is the prior. hidden: nearest label centroid of 128 anchor prompts' last-layer,
+    last-position hidden states. knn: the labels of the 3 anchors nearest in full-vocabulary logits (KL).
+    hidden is None (setup says why) when some label has no anchor.
     """
+    methods = calibration_methods(cfg)
     scorer, sets = _setup(model, tokenizer, dataset, cfg, cache, sets, calibration_sets)
     name, normal = dataset.info.name, sets["normal"]
+    c = len(normal.builder.label_words)
+    calibrated, setup = _state_calibrations(scorer, sets, methods, name)
     before, probs = _evaluate(scorer, normal, f"calibration-test {name}")
-    free = [
-        scorer.probs(s.prompts, s.builder.label_token_ids, f"{key} {name}")
-        for key, s in sets.items()
-        if key != "normal"
-    ]
-    cf = np.stack(free, axis=1)  # (N, 3, C)
-    return {
-        "uncalibrated": before,
-        "calibrated": prompt_metrics(calibrate_contextual(probs, cf), normal.prompts, len(normal.builder.label_words)),
-        "content_free_inputs": list(CONTENT_FREE_INPUTS),
-        "content_free_distribution": cf.mean(axis=(0, 1)).tolist(),
-    }
+    inputs = _content_free_inputs(scorer, sets, methods, name, setup)
+    if "batch" in methods:
+        inputs["batch"], setup["batch"] = {"batch_size": STAICC_BATCH_SIZE}, {"batch_size": STAICC_BATCH_SIZE}
+    for method, kwargs in inputs.items():
+        calibrated[method] = calibrate(method, probs, **kwargs)
+    out: dict = {"uncalibrated": before}
+    for method in methods:
+        q = calibrated.get(method)
+        out[method] = None if q is None else prompt_metrics(q, normal.prompts, c)
+    out["setup"] = setup
+    return out
+
+
+def _content_free_inputs(scorer: Scorer, sets: dict, methods: list[str], name: str, setup: dict) -> dict:
+    """calibrate's content_free_probs of contextual ((N, 3, C): per test prompt) and domain ((M, C))."""
+    inputs = {}
+    if "contextual" in methods:
+        free = [
+            scorer.probs(sets[f"content-free {t!r}"].prompts, _ids(sets), f"{t!r} {name}") for t in CONTENT_FREE_INPUTS
+        ]
+        cf = np.stack(free, axis=1)  # (N, 3, C)
+        inputs["contextual"] = {"content_free_probs": cf}
+        setup["contextual"] = {
+            "content_free_inputs": list(CONTENT_FREE_INPUTS),
+            "content_free_distribution": cf.mean(axis=(0, 1)).tolist(),
+        }
+    if "domain" in methods:
+        dc = scorer.probs(sets["domain"].prompts, _ids(sets), f"domain-calibration {name}")  # (M, C)
+        inputs["domain"] = {"content_free_probs": dc}
+        setup["domain"] = {
+            "prompts": len(dc),
+            "query_words": DOMAIN_CALIBRATION_WORDS,
+            "domain_distribution": dc.mean(axis=0).tolist(),
+        }
+    return inputs
+
+
+def _state_calibrations(scorer: Scorer, sets: dict, methods: list[str], name: str) -> tuple[dict, dict]:
+    """hidden and kNN calibrated (N, C) distributions of the test prompts (one forward over the anchors, one
+    over the test prompts: hidden states and kNN votes, which keep one batch's full logits at a time), and
+    their setup facts."""
+    hidden, knn = "hidden" in methods, "knn" in methods
+    if not (hidden or knn):
+        return {}, {}
+    anchors, c = sets["anchors"].prompts, len(sets["normal"].builder.label_words)
+    labels = np.array([p.gold for p in anchors])
+    counts = np.bincount(labels, minlength=c)
+    keep = (lambda z: z) if knn else None
+    a = scorer.states(anchors, _ids(sets), f"calibration-anchors {name}", hidden=hidden, logit_rows=keep)
+    votes = (lambda z: calibrate_knn(z, a.logit_rows, labels, c, STAICC_KNN_K, "kl")) if knn else None
+    test = scorer.states(
+        sets["normal"].prompts, _ids(sets), f"calibration-states {name}", hidden=hidden, logit_rows=votes
+    )
+    out, setup = {}, {}
+    facts = {"anchors": len(anchors), "anchor_label_counts": counts.tolist()}
+    if knn:
+        out["knn"] = test.logit_rows
+        setup["knn"] = {**facts, "k": STAICC_KNN_K, "distance": "kl"}
+    if hidden:
+        missing = np.flatnonzero(counts == 0).tolist()
+        setup["hidden"] = facts if not missing else {**facts, "skipped": f"labels {missing} have no anchor prompt"}
+        if not missing:
+            out["hidden"] = calibrate(
+                "hidden", test.probs, hidden=test.hidden, anchor_hidden=a.hidden, anchor_labels=labels
+            )
+    return out, setup
+
+
+def _ids(sets: dict) -> list[int]:
+    return sets["normal"].builder.label_token_ids

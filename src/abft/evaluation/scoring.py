@@ -3,6 +3,8 @@
 probs = score_prompts(model, prompts, label_token_ids, pad_id)   # (N, C), rows sum to 1
 scorer = Scorer(model, pad_id, batch_size)                       # the same, each distinct prompt once:
 probs = scorer.probs(prompts, label_token_ids, "template 3")     # its ScoreCache remembers every row
+st = score_states(model, prompts, label_token_ids, pad_id, hidden=True, logit_rows=f)   # + hidden states,
+                                                                 # f(full-vocabulary logits) per batch
 """
 
 from __future__ import annotations
@@ -37,21 +39,80 @@ def score_prompts(
     Several processes (abft.distributed) each score their share of the prompts; every one gets all rows.
     With a sharded model a process short of batches scores a dummy one (the first prompt) and drops it.
     """
+    labels = torch.tensor(list(label_token_ids), device=next(model.parameters()).device)
+
+    def forward(batch: Batch) -> tuple[np.ndarray]:
+        logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]  # (B, V)
+        return (torch.softmax(logits[:, labels].double(), dim=-1).cpu().numpy(),)
+
+    out = _batched_rows(model, prompts, pad_id, batch_size, description, forward, around)
+    return out[0] if out else np.zeros((0, len(labels)), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class States:
+    """score_states' rows, in prompt order."""
+
+    probs: np.ndarray  # (N, C) float64, as score_prompts
+    hidden: np.ndarray | None  # (N, D) float32: the last layer's hidden state at the last position
+    logit_rows: np.ndarray | None  # (N, W): logit_rows(full-vocabulary last-position logits) of each batch
+
+
+@torch.no_grad()
+def score_states(
+    model,
+    prompts: Sequence,
+    label_token_ids: Sequence[int],
+    pad_id: int,
+    batch_size: int = 16,
+    description: str = "scoring",
+    *,
+    hidden: bool = True,
+    logit_rows: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> States:
+    """score_prompts' label distributions plus, from the same forward, the last-layer hidden state at the last
+    position (`output_hidden_states`, ``hidden_states[-1][:, -1]``; prompts are left-padded) and
+    `logit_rows(z)` of each batch's (B, V) float32 full-vocabulary logits z (identity: the logits themselves;
+    a reduction to a few columns keeps memory at one batch's logits, e.g. kNN votes). Not for empty `prompts`.
+    """
+    labels = torch.tensor(list(label_token_ids), device=next(model.parameters()).device)
+
+    def forward(batch: Batch) -> tuple:
+        out = model(**batch.model_inputs(), logits_to_keep=1, output_hidden_states=hidden)
+        z = out.logits[:, -1]  # (B, V)
+        rows = [torch.softmax(z[:, labels].double(), dim=-1).cpu().numpy()]
+        if hidden:
+            rows.append(out.hidden_states[-1][:, -1].float().cpu().numpy())
+        if logit_rows is not None:
+            rows.append(np.asarray(logit_rows(z.float().cpu().numpy())))
+        return tuple(rows)
+
+    if not prompts:
+        raise ValueError("score_states needs at least one prompt")
+    rows = list(_batched_rows(model, prompts, pad_id, batch_size, description, forward))
+    return States(rows.pop(0), rows.pop(0) if hidden else None, rows.pop(0) if logit_rows is not None else None)
+
+
+def _batched_rows(model, prompts, pad_id, batch_size, description, forward, around=None) -> list[np.ndarray]:
+    """forward(batch) -> a tuple of (B, ...) arrays, over length batches of this process's share of `prompts`;
+    each array's rows reassembled over all processes in prompt order. [] when no process has a prompt."""
     device = next(model.parameters()).device
-    labels = torch.tensor(list(label_token_ids), device=device)
     mine = distributed.shard(prompts)  # all of them on one process
-    out = np.zeros((len(mine), len(labels)), dtype=np.float64)
+    outs: list[np.ndarray] | None = None
     batches = list(length_batches(mine, batch_size))
     batches += [None] * (distributed.batch_count(len(prompts), batch_size) - len(batches))
     with progress_bar(description, total=len(mine)) as advance:
         for idx in batches:
             batch = collate([mine[i] for i in idx] if idx else list(prompts[:1]), pad_id).to(device)
             with around(batch) if around is not None else nullcontext():
-                logits = model(**batch.model_inputs(), logits_to_keep=1).logits[:, -1]  # (B, V)
+                rows = forward(batch)
+            if outs is None:  # shapes from the first batch (a dummy one too, so every process has them)
+                outs = [np.zeros((len(mine), *r.shape[1:]), dtype=r.dtype) for r in rows]
             if idx:
-                out[idx] = torch.softmax(logits[:, labels].double(), dim=-1).cpu().numpy()
+                for out, r in zip(outs, rows, strict=True):
+                    out[idx] = r
                 advance(len(idx))
-    return distributed.gather_rows(out, len(prompts))
+    return [distributed.gather_rows(out, len(prompts)) for out in outs or []]
 
 
 class ScoreCache:
@@ -104,3 +165,10 @@ class Scorer:
             probs = score_prompts(self.model, new, label_token_ids, self.pad_id, self.batch_size, description)
             self.cache.add(new, label_token_ids, probs)
         return np.stack([self.cache[key] for key in keys]) if keys else np.zeros((0, len(label_token_ids)))
+
+    def states(self, prompts: Sequence, label_token_ids: Sequence[int], description: str = "scoring", **what) -> States:
+        """score_states of `prompts` (`what`: hidden, logit_rows), every one scored; their label distributions
+        join the cache."""
+        out = score_states(self.model, prompts, label_token_ids, self.pad_id, self.batch_size, description, **what)
+        self.cache.add(prompts, label_token_ids, out.probs)
+        return out

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 from abft.data import Dataset
+from abft.errors import param
 from abft.models.context import check_context
 
 from .generalization import format_generalization_table, generalization_table
@@ -36,7 +37,7 @@ from .prompt_sets import (
 )
 from .protocols import (
     bias,
-    contextual_calibration,
+    calibration,
     demo_consistency,
     generalization,
     normal_test,
@@ -51,7 +52,7 @@ __all__ = [
     "bias",
     "build_sets",
     "check_suites",
-    "contextual_calibration",
+    "calibration",
     "demo_consistency",
     "format_generalization_table",
     "generalization",
@@ -84,6 +85,12 @@ def _bias_line(r: dict) -> str:
     if r["label_noise"]:
         line += f"  label-noise accuracy slope {r['label_noise']['slope']['accuracy']:.4f}"
     return line
+
+
+def _calibration_line(r: dict) -> str:
+    methods = [key for key in r if key not in ("uncalibrated", "setup")]
+    parts = [f"{key} {_ratio(r[key] and r[key]['accuracy'], 'n/a')}" for key in methods]
+    return f"calibrated accuracy: {'  '.join(parts)}  (uncalibrated {r['uncalibrated']['accuracy']:.4f})"
 
 
 # ---------------------------------------------------------------------------------------- the table
@@ -142,14 +149,7 @@ SUITES: dict[str, Suite] = {  # in run order
         ),
     ),
     "bias": Suite(bias_sets, bias, lambda cfg: cfg.eval.bias_test, _bias_line),
-    "calibration": Suite(
-        calibration_sets,
-        contextual_calibration,
-        lambda cfg: cfg.eval.calibration,
-        lambda r: (
-            f"calibrated accuracy {r['calibrated']['accuracy']:.4f}  (uncalibrated {r['uncalibrated']['accuracy']:.4f})"
-        ),
-    ),
+    "calibration": Suite(calibration_sets, calibration, lambda cfg: bool(cfg.eval.calibration), _calibration_line),
 }
 
 
@@ -173,7 +173,9 @@ def check_suites(model, tokenizer, dataset: Dataset, cfg, normal: tuple | None =
     built = build_sets(tokenizer, dataset, cfg, normal)
     for key, sets in built.items():
         for name, s in sets.items():
-            check_context(model, s.prompts, f"a {key} prompt" + (f" ({name})" if name != key else ""), "lower --k")
+            check_context(
+                model, s.prompts, f"a {key} prompt" + (f" ({name})" if name != key else ""), f"lower {param('k')}"
+            )
     return built
 
 

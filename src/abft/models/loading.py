@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, param
 from ..progress import quiet_unless_enabled
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -172,12 +172,13 @@ def quantization_config(device: str, dtype: str | None):
     if not torch.cuda.is_available():
         missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
     elif not str(device).startswith("cuda"):
-        missing.append(f"a CUDA device (--device is {device})")
+        missing.append(f"a CUDA device ({param('device')} is {device})")
     if missing:
         raise UserError(
-            "--quantized loads the base model in 4-bit NF4 through bitsandbytes, which needs "
+            f"{param('quantized')} loads the base model in 4-bit NF4 through bitsandbytes, which needs "
             + " and ".join(missing)
-            + "; without it drop --quantized (full-precision base; --lora-r still trains LoRA adapters)"
+            + f"; without it drop {param('quantized')} (full-precision base; {param('lora_r')} still trains LoRA "
+            "adapters)"
         )
     from transformers import BitsAndBytesConfig
 
@@ -215,7 +216,7 @@ def refuse_custom_code(directory: Path) -> None:
     if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
         raise UserError(
             f"{directory} needs its own Python code (config.json 'auto_map', model type "
-            f"{config.get('model_type')!r}); abft does not run it unless you pass --trust-remote-code"
+            f"{config.get('model_type')!r}); abft does not run it unless you pass {param('trust_remote_code')}"
         )
 
 
@@ -241,7 +242,10 @@ def _load_error(model: str, online: bool, offline: bool, exc: Exception) -> str:
                 "HF_HUB_OFFLINE=1); download it once with a network, or pass a local model directory or .gguf file"
             )
     if "trust_remote_code" in str(exc):
-        return f"model '{model}' needs its own Python code; abft does not run it unless you pass --trust-remote-code"
+        return (
+            f"model '{model}' needs its own Python code; abft does not run it unless you pass "
+            f"{param('trust_remote_code')}"
+        )
     what = "the hub id and your access to it" if online else "that it is a complete model directory"
     detail = str(exc).splitlines()[0] if str(exc) else ""
     return (

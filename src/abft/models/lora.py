@@ -28,28 +28,17 @@ from pathlib import Path
 import torch
 
 from .. import distributed
+from ..config import check_lora
 from ..errors import UserError
+from ..rundir import DIR_MODE, FILE_MODE
+from .arch import find_qk_slices, is_lora_layer, owner
 
 ADAPTER = "default"  # peft's adapter name
 ADAPTER_DIR = "adapter"  # inside a run directory
 
 
-def is_lora_layer(module: torch.nn.Module) -> bool:
-    return hasattr(module, "lora_A") and hasattr(module, "base_layer")
-
-
 def has_lora(model: torch.nn.Module) -> bool:
     return any(is_lora_layer(m) for m in model.modules())
-
-
-def base_layer(module: torch.nn.Module) -> torch.nn.Module:
-    """The layer a peft LoRA wrapper wraps; any other module itself."""
-    return module.base_layer if is_lora_layer(module) else module
-
-
-def owner(param_name: str) -> str:
-    """Module name of a projection from its weight's (or bias's) name: the LoRA wrapper's, with LoRA."""
-    return param_name.rsplit(".", 1)[0]
 
 
 @contextlib.contextmanager
@@ -88,12 +77,7 @@ def add_lora(model: torch.nn.Module, r: int, alpha: float = 32.0, dropout: float
     """Inject LoRA (rank r, scaling alpha / r) into every layer's query and key projections, in place."""
     from peft import LoraConfig, get_peft_model
 
-    from .params import find_qk_slices
-
-    if r < 1:
-        raise UserError(f"--lora-r must be at least 1, got {r}")
-    if not 0 <= dropout < 1:
-        raise UserError(f"--lora-dropout must be in [0, 1), got {dropout}")
+    check_lora(r, alpha, dropout)
     if has_lora(model):
         raise UserError("the model already carries LoRA adapters; load a fresh base model")
     slices = find_qk_slices(model)
@@ -137,6 +121,9 @@ def save_adapter(model: torch.nn.Module, directory: str | Path, metadata: dict[s
         saved = copy.deepcopy(config)
         saved.inference_mode = True  # as PeftModel.save_pretrained writes it
         saved.save_pretrained(str(tmp))
+        os.chmod(tmp, DIR_MODE)  # as mkdir() would create it (mkdtemp and safetensors make them private)
+        for file in tmp.iterdir():
+            os.chmod(file, FILE_MODE)
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
     finally:

@@ -29,99 +29,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import distributed
 from ..errors import UserError
+from ..errors import param as named_param  # `param` names tensors here
+from ..rundir import FILE_MODE
+from .arch import QKSlice, find_qk_slices, is_lora_layer, owner, qk_param
 from .fingerprint import DTYPE_NAMES, base_fingerprint
-from .lora import (
-    ADAPTER_DIR,
-    adapters_disabled,
-    base_layer,
-    delta_weight,
-    has_lora,
-    is_lora_layer,
-    merge_adapter,
-    owner,
-    save_adapter,
-)
+from .lora import ADAPTER_DIR, adapters_disabled, delta_weight, has_lora, merge_adapter, save_adapter
 
 DELTA_FILE = "delta.safetensors"  # inside a run directory: the trained W_Q/W_K of a run without LoRA
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # inside an adapter directory (peft's name)
-
-
-@dataclass(frozen=True)
-class QKSlice:
-    layer: int
-    kind: str  # "q" or "k"
-    param: str  # '<module>.weight': its name in the plain model's named_parameters() (qk_param resolves it)
-    bias: str | None
-    out_dim: int  # axis of the weight that indexes output features (0 for nn.Linear, 1 for Conv1D)
-    start: int
-    stop: int
-    num_heads: int
-    head_dim: int
-
-    def head_rows(self, head: int) -> slice:
-        return slice(self.start + head * self.head_dim, self.start + (head + 1) * self.head_dim)
-
-
-def _head_counts(config) -> tuple[int, int, int]:
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = getattr(config, "num_attention_heads", None) or config.n_head
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    hidden = getattr(config, "hidden_size", None) or config.n_embd
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    return heads, kv_heads, head_dim
-
-
-def find_qk_slices(model: torch.nn.Module) -> list[QKSlice]:
-    """Locate W_Q and W_K of every attention layer, in layer order."""
-    heads, kv_heads, head_dim = _head_counts(model.config)
-    slices: list[QKSlice] = []
-    layer = 0
-    for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
-        q, k = getattr(module, "q_proj", None), getattr(module, "k_proj", None)
-        c_attn = getattr(module, "c_attn", None)
-        idx = getattr(module, "layer_idx", None)
-        idx = layer if idx is None else idx
-        if q is not None and k is not None:
-            for kind, proj, n in (("q", "q_proj", heads), ("k", "k_proj", kv_heads)):
-                has_bias = getattr(base_layer(getattr(module, proj)), "bias", None) is not None
-                bias = f"{prefix}{proj}.bias" if has_bias else None
-                slices.append(QKSlice(idx, kind, f"{prefix}{proj}.weight", bias, 0, 0, n * head_dim, n, head_dim))
-            layer += 1
-        elif (
-            c_attn is not None
-            and type(base_layer(c_attn)).__name__ == "Conv1D"
-            and not getattr(module, "is_cross_attention", False)
-        ):
-            width = heads * head_dim  # Conv1D weight is (in, 3*width): columns Q | K | V
-            bias = f"{prefix}c_attn.bias" if base_layer(c_attn).bias is not None else None
-            for i, kind in enumerate("qk"):
-                w = f"{prefix}c_attn.weight"
-                slices.append(QKSlice(idx, kind, w, bias, 1, i * width, (i + 1) * width, heads, head_dim))
-            layer += 1
-    if not slices:
-        raise UserError(
-            f"cannot find query/key projections in {type(model).__name__}: supported are q_proj/k_proj "
-            "attention modules and GPT-2-style fused c_attn"
-        )
-    return slices
-
-
-def qk_param(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
-    """The parameter a slice names ('<module>.weight' or '.bias'), inside a peft LoRA wrapper too."""
-    module, attr = name.rsplit(".", 1)
-    return getattr(base_layer(model.get_submodule(module)), attr)
 
 
 def _select(tensor: torch.Tensor, s: QKSlice, is_bias: bool) -> torch.Tensor:
@@ -317,8 +243,13 @@ def save_delta(model: torch.nn.Module, slices: list[QKSlice], path: Path, meta: 
     load_delta checks."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(trained_tensors(model, slices), str(tmp), metadata=_metadata(model, slices, "abft-qk", meta))
-    tmp.replace(path)
+    try:
+        save_file(trained_tensors(model, slices), str(tmp), metadata=_metadata(model, slices, "abft-qk", meta))
+        os.chmod(tmp, FILE_MODE)  # as open() would create it, not safetensors' 0600
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _metadata(model: torch.nn.Module, replaced: list[QKSlice], kind: str, meta: dict | None) -> dict[str, str]:
@@ -333,17 +264,22 @@ def save_trained(model: torch.nn.Module, directory: str | Path, meta: dict | Non
     """Save what training changed into a run directory: adapter/ (LoRA) or delta.safetensors; returns it.
 
     Both carry the base model's fingerprint (delta: in its metadata; adapter: in adapter_model.safetensors's
-    metadata, which peft ignores)."""
+    metadata, which peft ignores). `directory` is created if needed; a UserError when it cannot be written."""
     directory = Path(directory)
-    if has_lora(model):
-        return save_adapter(model, directory / ADAPTER_DIR, metadata=_metadata(model, [], "abft-lora", meta))
-    save_delta(model, find_qk_slices(model), directory / DELTA_FILE, meta)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if has_lora(model):
+            return save_adapter(model, directory / ADAPTER_DIR, metadata=_metadata(model, [], "abft-lora", meta))
+        save_delta(model, find_qk_slices(model), directory / DELTA_FILE, meta)
+    except (OSError, SafetensorError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise UserError(f"cannot save the trained weights in {directory}: {reason}") from exc
     return directory / DELTA_FILE
 
 
 def trained_weights(run: str | Path) -> Path | None:
     """A run directory's trained weights: its delta.safetensors, else its adapter/ (LoRA); None when it has
-    neither (an evaluation-only or --no-save run)."""
+    neither (an evaluation-only or {named_param('save', False)} run)."""
     run = Path(run)
     if (run / DELTA_FILE).is_file():
         return run / DELTA_FILE
@@ -356,7 +292,7 @@ def check_trained(run: str | Path) -> Path:
     """trained_weights(run), or a UserError when the run saved none."""
     found = trained_weights(run)
     if found is None:
-        raise UserError(f"no trained weights in {run} (an evaluation-only or --no-save run)")
+        raise UserError(f"no trained weights in {run} (an evaluation-only or {named_param('save', False)} run)")
     return found
 
 

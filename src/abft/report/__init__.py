@@ -1,9 +1,7 @@
-"""See what a run did: figures, a self-contained HTML report, head discovery, mode connectivity.
+"""Draw a run directory: figures and a self-contained HTML report, from the run's files only.
 
     from abft.report.html import write_report          # report.html of a run directory (no model needed)
-    from abft.report.snapshot import RunSnapshot        # what the runner records from the model for it
-    from abft.report.discovery import discover_heads    # `abft heads`
-    from abft.report.interpolation import interpolation_grid   # `abft interpolate`
+    from abft.report import figures                     # matplotlib Figures (also for `abft heads` / interpolate)
 
 Submodules are imported on use: matplotlib loads only when a figure is drawn.
 """

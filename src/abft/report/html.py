@@ -16,10 +16,9 @@ import math
 from pathlib import Path
 
 from ..data.splits import splits_summary, splits_warning
-from ..rundir import RunDir, atomic_write
-from .commands import read_config_json
+from ..errors import UserError
+from ..rundir import EXAMPLE_FILE, SHIFT_FILE, RunDir, atomic_write, read_config_json
 from .figures import RUN_FIGURES, Figure, _number, before_after, flatten, read_log, run_figures
-from .snapshot import EXAMPLE_FILE, SHIFT_FILE
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -225,3 +224,17 @@ def write_report(run_dir: str | Path) -> Path:
     timings, status = files.read_json("timings.json") or {}, files.read_json("status.json") or {}
     atomic_write(path, render_report(run, figures, config, metrics, heads, timings, status))
     return path
+
+
+def report_run(run_dir: str | Path) -> Path:
+    """`abft report`: write_report with a UserError for a missing directory or JSON files of another shape."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"run directory {run} does not exist")
+    try:
+        return write_report(run)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:  # edited files of another shape
+        raise UserError(
+            f"cannot write the report of {run}: its JSON files are not shaped as abft writes them "
+            f"({type(exc).__name__}: {exc}); restore them or rerun"
+        ) from exc

@@ -1,10 +1,14 @@
-"""Head discovery without training: which heads attend to the demonstrations' labels, and which are classic
-induction heads.
+"""Per-head statistics of last-token attention on demonstration label tokens (what ABFT's filter sees), and
+head discovery without training (`abft heads`): which heads attend to the demonstrations' labels, and which
+are classic induction heads.
 
-    result = discover_heads(model, prompts, pad_id, num_classes, HeadsOptions(), prefix=[bos])  # heads.json
+    stats = head_statistics(model, prompts, pad_id)   # arrays (L, H): heads.json of a run
+    probs, parts = label_forward(model, batch, objective)   # one batch: (B, L, H, T) attention, per-prompt parts
+    result = discover_heads(model, prompts, pad_id, num_classes, HeadsOptions(), prefix=[bos])
+    result = find_heads(cfg, HeadsOptions(), output)    # the model and prompts of cfg; writes heads.json + PNGs
 
 Three views, each per (layer, head):
-- ABFT's filter (the one training uses, ABFTObjective.induction_heads via heads.head_statistics): label
+- ABFT's filter (the one training uses, ABFTObjective.induction_heads via head_statistics): label
   mass S > k / (k + log n_t); reported as the fraction of prompts passing, and heads passing on >= min_rate.
 - The looser threshold of the authors' earlier circuit work (Cho et al., ICLR 2025, "Revisiting In-context
   Learning Inference Circuit"): magnitude S > c / n_t, and correctness (mass on gold-label tokens minus
@@ -12,37 +16,88 @@ Three views, each per (layer, head):
 - Prefix matching on repeated random tokens [prefix] R R (R: `length` distinct non-special tokens): the mean
   attention from each token of the second copy to the token after that token's first occurrence, with full
   attention matrices (eager attention, output_attentions) on short sequences.
-
-numpy, torch and the model code are imported on use: `abft --help` reads HeadsOptions' defaults from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
+import numpy as np
+import torch
 
-    from ..objectives import ABFTObjective
+from ..attention import capture_last_row, use_last_row_attention
+from ..batching import Batch, collate, length_batches
+from ..config import RunConfig
+from ..errors import UserError, param
+from ..objectives import ABFTObjective
+from ..rundir import atomic_write, default_output, make_output_dir
+from .options import CIRCUIT_FACTOR, HeadsOptions
+from .setup import load_setup
 
-CIRCUIT_FACTOR = 5.0
+
+@torch.no_grad()
+def label_forward(model, batch: Batch, objective: ABFTObjective) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One batch's last-token attention (B, L, H, T) and its per-prompt label statistics, each (B, L, H):
+    label_mass, correct_mass, wrong_mass (attention on all / gold / other demonstration labels) and
+    induction_rate (1.0 where the head passes ABFT's filter)."""
+    use_last_row_attention(model)
+    with capture_last_row(model) as cap:
+        model(**batch.model_inputs(), logits_to_keep=1)  # the whole model: it may be an FSDP root
+    label_probs = objective.label_attention(cap.probs, batch.label_positions.clamp(min=0))  # (B, L, H, k)
+    valid, correct, wrong = batch.label_masks()
+    parts = {
+        "label_mass": (label_probs * valid[:, None, None, :]).sum(-1),
+        "correct_mass": (label_probs * correct[:, None, None, :]).sum(-1),
+        "wrong_mass": (label_probs * wrong[:, None, None, :]).sum(-1),
+        "induction_rate": objective.induction_heads(label_probs, valid, batch.lengths).float(),
+    }
+    return cap.probs, parts
 
 
-@dataclass
-class HeadsOptions:
-    """`abft heads`' settings (its flags, abft.report.commands.HEADS_FLAGS)."""
+@torch.no_grad()
+def head_statistics(
+    model,
+    prompts: Sequence,
+    pad_id: int,
+    objective: ABFTObjective | None = None,
+    batch_size: int = 8,
+    extra: Callable | None = None,
+) -> dict[str, np.ndarray]:
+    """Mean label-attention mass, mass on correct / wrong labels, and induction-head rate per (layer, head).
 
-    samples: int = 64
-    min_rate: float = 0.5
-    circuit_factor: float = CIRCUIT_FACTOR
-    induction_length: int = 32
-    induction_sequences: int = 8
-    induction_threshold: float = 0.4
-    log_base: str = "e"
-    batch_size: int = 8
+    `extra(batch, parts)` gets label_forward's per-prompt parts and may return more per-prompt (B, L, H)
+    values to average (label_head_scores).
+    """
+    objective = objective or ABFTObjective()
+    device = next(model.parameters()).device
+    sums: dict[str, torch.Tensor] = {}
+    for idx in length_batches(prompts, batch_size):
+        batch = collate([prompts[i] for i in idx], pad_id).to(device)
+        _, parts = label_forward(model, batch, objective)
+        if extra is not None:
+            parts.update(extra(batch, parts))
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0) + value.sum(0).double().cpu()
+    return {key: (value / len(prompts)).numpy() for key, value in sums.items()}
+
+
+def heads_by_layer(mask: np.ndarray) -> dict[str, list[int]]:
+    """(L, H) bool -> {layer: [heads]} of the layers with at least one head set (heads.json's listing)."""
+    layers = {str(layer): [int(h) for h in np.nonzero(mask[layer])[0]] for layer in range(mask.shape[0])}
+    return {k: v for k, v in layers.items() if v}
+
+
+def heads_summary(stats: dict[str, np.ndarray], min_rate: float = 0.5) -> dict:
+    """heads.json content: {layer: [heads]} that pass the filter on at least `min_rate` of the prompts."""
+    rate = stats["induction_rate"]
+    return {
+        "min_rate": min_rate,
+        "induction_heads": heads_by_layer(rate >= min_rate),
+        "mean_heads_per_prompt": float(rate.sum()),
+        **{key: np.round(value, 6).tolist() for key, value in stats.items()},
+    }
 
 
 def circuit_heads(
@@ -68,7 +123,6 @@ def label_head_scores(
     batch_size: int = 8,
 ) -> dict[str, np.ndarray]:
     """head_statistics (ABFT's filter) plus the circuit-threshold rates and mean correctness, each (L, H)."""
-    from ..heads import head_statistics
 
     def extra(batch, parts):
         correctness = parts["correct_mass"] - parts["wrong_mass"]
@@ -88,8 +142,6 @@ def induction_stripe(attentions: torch.Tensor, prefix: int, length: int) -> torc
 
     The token after R[length-1]'s first occurrence is the first token of the second copy.
     """
-    import torch
-
     j = torch.arange(length, device=attentions.device)
     dest = prefix + length + j
     src = prefix + 1 + j
@@ -107,8 +159,6 @@ def repeated_sequences(
 ) -> torch.Tensor:
     """(sequences, len(prefix) + 2 * length) token ids [prefix] R R, R drawn without repetition from ids <
     vocab_size (default: the model's) minus `exclude` and `prefix`."""
-    import torch
-
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     skip = set(exclude) | set(prefix)
     candidates = torch.tensor([i for i in range(vocab_size or config.vocab_size) if i not in skip])
@@ -133,8 +183,6 @@ def prefix_matching_scores(
 ) -> np.ndarray:
     """(L, H) induction (prefix-matching) score of every head on `sequences` repeated random sequences
     (repeated_sequences)."""
-    import torch
-
     ids = repeated_sequences(model, length, sequences, seed, prefix, exclude, vocab_size)
     ids = ids.to(next(model.parameters()).device)
     previous = model.config._attn_implementation
@@ -164,11 +212,6 @@ def discover_heads(
 ) -> dict:
     """heads.json content of `abft heads`: {layer: [heads]} of ABFT's filter plus the three views' scores
     (`opts.samples` is the caller's: `prompts` are the calibration prompts)."""
-    import numpy as np
-
-    from ..heads import heads_by_layer, heads_summary
-    from ..objectives import ABFTObjective
-
     opts = opts or HeadsOptions()
     objective = ABFTObjective(log_base=opts.log_base)
     stats = label_head_scores(model, prompts, pad_id, num_classes, objective, opts.circuit_factor, opts.batch_size)
@@ -200,3 +243,43 @@ def discover_heads(
             "score": np.round(score, 6).tolist(),
         },
     }
+
+
+def find_heads(cfg: RunConfig, opts: HeadsOptions, output: str | Path | None = None, log=print) -> dict:
+    """`abft heads`: discover heads on `opts.samples` calibration prompts of cfg's dataset; writes the output."""
+    from ..data import dataset_stem, train_pairs
+
+    opts.validate(cfg)
+    out = Path(output or cfg.output or default_output("heads", cfg.model.model, dataset_stem(cfg.data.dataset)))
+    if (out / "heads.json").exists():
+        raise UserError(f"{out} already holds a heads.json; pick another {param('output')}")
+    model, tokenizer, builder, dataset = load_setup(cfg)
+    prompts = builder.build_pairs(dataset, train_pairs(dataset, cfg.data.k, opts.samples, cfg.seed))
+    log(f"{len(prompts)} calibration prompts of {dataset.info.name}, k={cfg.data.k}; {cfg.model.model}")
+    result = discover_heads(
+        model,
+        prompts,
+        tokenizer.pad_token_id,
+        len(dataset.info.label_words),
+        opts,
+        seed=cfg.seed,
+        prefix=builder.prefix_ids,
+        exclude=tokenizer.all_special_ids,
+        vocab_size=len(tokenizer),
+    )
+    result = {"model": cfg.model.model, "dataset": dataset.info.name, "k": cfg.data.k, "seed": cfg.seed, **result}
+    write_heads(result, out)
+    for name, section in (("ABFT filter", "abft_filter"), ("circuit threshold", "circuit_filter")):
+        log(f"{name}: {result[section]['mean_heads_per_prompt']:.2f} heads per prompt")
+    log(f"prefix matching: {sum(len(v) for v in result['prefix_matching']['induction_heads'].values())} heads")
+    log(f"wrote {out / 'heads.json'}")
+    return result
+
+
+def write_heads(result: dict, out: Path) -> None:
+    from ..report.figures import label_heads_figure, prefix_matching_figure
+
+    make_output_dir(out)
+    atomic_write(out / "label_heads.png", label_heads_figure(result))
+    atomic_write(out / "prefix_matching.png", prefix_matching_figure(result))
+    atomic_write(out / "heads.json", json.dumps(result, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""The ABFT loss on last-token attention, its induction-head filter, and the E2E baseline loss.
+"""The ABFT loss on last-token attention and its induction-head filter (`--method abft`).
 
 For example b, layer l, head h, with alpha = attention of the last token (B, L, H, T):
     S = sum_{j in I} alpha_j                     I: the k demonstration label positions
@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+
+from ..batching import label_masks
+from .base import ObjectiveInputs, ObjectiveOutput, register
 
 LOG_BASES = {"e": math.e, "2": 2.0, "10": 10.0}
 
@@ -55,9 +57,7 @@ class ABFTObjective:
     def __call__(self, probs, label_positions, demo_labels, gold, lengths, penalty: float, reward: float):
         """Per-example loss (B,) and the induction-head mask (B, L, H)."""
         label_probs = self.label_attention(probs, label_positions.clamp(min=0))
-        valid = demo_labels >= 0
-        correct = valid & (demo_labels == gold[:, None])
-        wrong = valid & ~correct
+        valid, correct, wrong = label_masks(demo_labels, gold)
         heads = self.induction_heads(label_probs.detach(), valid, lengths)
         per_head = penalty * (label_probs * wrong[:, None, None, :]).sum(-1) + reward * (
             (1.0 - label_probs) * correct[:, None, None, :]
@@ -69,14 +69,16 @@ class ABFTObjective:
         return loss, heads
 
 
-def e2e_loss(last_logits: torch.Tensor, gold: torch.Tensor, label_token_ids: torch.Tensor, over: str = "vocab"):
-    """Per-example cross-entropy of the gold label token at the last position.
+@register("abft", "attention loss, W_Q/W_K")
+class ABFT:
+    """The ABFT loss of cfg's filter and head reduction; the logits are not used."""
 
-    over="vocab": softmax over the whole vocabulary (standard LM fine-tuning); over="labels": only over
-    the label tokens (a classifier head made of the label words).
-    """
-    target = label_token_ids[gold]
-    logits = last_logits.float()
-    if over == "labels":
-        return F.cross_entropy(logits[:, label_token_ids], gold, reduction="none")
-    return F.cross_entropy(logits, target, reduction="none")
+    def __init__(self, cfg, prefix_tokens: int = 0, label_ids=None):
+        self.objective = ABFTObjective.from_config(cfg, prefix_tokens)
+
+    def __call__(self, step: ObjectiveInputs) -> ObjectiveOutput:
+        b = step.batch
+        loss, heads = self.objective(
+            step.probs, b.label_positions, b.demo_labels, b.gold, b.lengths, step.penalty, step.reward
+        )
+        return ObjectiveOutput(loss, heads)

@@ -22,9 +22,7 @@ move and target act as drop and swap as none.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,14 +30,13 @@ import numpy as np
 import torch
 
 from ..attention import edit_last_row, use_last_row_attention
-from ..errors import UserError
+from ..errors import UserError, param
 from ..evaluation.scoring import score_prompts
-from ..limits import MAX_PROMPTS, check_at_most
+from ..limits import MAX_PROMPTS, check_at_least, check_at_most
 from ..objectives import ABFTObjective
-from ..rundir import atomic_write
-
-EDITS = ("none", "knockout", "drop", "move", "target", "swap")
-HEAD_SETS = ("filter", "all")
+from ..rundir import atomic_write, default_output, make_output_dir, read_run_config
+from .options import EDITS, HEAD_SETS
+from .setup import load_setup
 
 
 def edit_rows(p: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor, edit: str) -> torch.Tensor:
@@ -71,10 +68,9 @@ def edit_rows(p: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor, edit:
 def label_position_masks(batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) bool masks of the correct and the wrong demonstration label tokens of a Batch."""
     positions = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device)
-    valid = batch.demo_labels >= 0
-    at = (positions[None, None, :] == batch.label_positions[:, :, None]) & valid[..., None]  # (B, k, T)
-    good = (batch.demo_labels == batch.gold[:, None])[..., None]
-    return (at & good).any(1), (at & ~good).any(1)
+    at = positions[None, None, :] == batch.label_positions[:, :, None]  # (B, k, T)
+    _, correct, wrong = batch.label_masks()
+    return (at & correct[..., None]).any(1), (at & wrong[..., None]).any(1)
 
 
 def edited_scores(
@@ -98,7 +94,7 @@ def edited_scores(
 
     def around(batch):  # the edit of one batch: its label positions decide what moves where
         correct, wrong = label_position_masks(batch)
-        valid = batch.demo_labels >= 0
+        valid = batch.label_masks()[0]
         positions = batch.label_positions.clamp(min=0)
 
         def edit_layer(layer, p, visible):
@@ -136,28 +132,21 @@ def attention_ceiling(
     log=print,
 ) -> dict:
     """`abft ceiling`: every (head set, edit) on `samples` validation prompts; writes ceiling.json."""
-    from ..data import validation_pairs
+    from ..data import dataset_stem, validation_pairs
     from ..evaluation.protocols import prompt_metrics
     from ..models.params import check_trained, load_delta
-    from .commands import load_setup, output_dir, read_config
 
     if delta is not None:  # the run's own model, dataset, k, label-token mode and filter settings
         check_trained(delta)
-        run_cfg = read_config(delta)
+        run_cfg = read_run_config(delta)
         cfg.model, cfg.data, cfg.train = run_cfg.model, run_cfg.data, run_cfg.train
-    for flag, value in (("--samples", samples), ("--batch-size", batch_size), ("--k", cfg.data.k)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    check_at_most([("--samples", samples, MAX_PROMPTS)])
-    out = (
-        Path(output)
-        if output
-        else Path("runs") / f"ceiling-{Path(cfg.data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    check_at_least([("samples", samples, 1), ("batch_size", batch_size, 1), ("k", cfg.data.k, 1)])
+    check_at_most([("samples", samples, MAX_PROMPTS)])
+    out = Path(output) if output else default_output("ceiling", dataset_stem(cfg.data.dataset))
     if out.exists() and not out.is_dir():
-        raise UserError(f"--output {out} is a file; give a directory")
+        raise UserError(f"{param('output')} {out} is a file; give a directory")
     if (out / "ceiling.json").exists():
-        raise UserError(f"{out} already holds a ceiling.json; pick another --output")
+        raise UserError(f"{out} already holds a ceiling.json; pick another {param('output')}")
     model, tokenizer, builder, dataset = load_setup(cfg)
     if delta is not None:
         load_delta(model, delta)
@@ -197,46 +186,7 @@ def attention_ceiling(
         "prompts": len(prompts),
         "rows": rows,
     }
-    output_dir(out)
+    make_output_dir(out)
     atomic_write(out / "ceiling.json", json.dumps(result, indent=2) + "\n")
     log(f"wrote {out / 'ceiling.json'}")
     return result
-
-
-def register(sub) -> None:
-    """Add `abft ceiling` to abft.cli's subparsers."""
-    from ..cli import _add_fields
-    from ..config import TrainConfig
-    from .commands import add_model_and_data_flags
-
-    parser = sub.add_parser(
-        "ceiling",
-        help="accuracy with the last token's attention edited toward ABFT's target: what ABFT could buy",
-        description="Score validation prompts (demonstration split) with the last token's attention on "
-        "demonstration labels edited in ABFT's induction heads or in every head.",
-    )
-    add_model_and_data_flags(parser)
-    kept = {"head_filter", "log_base", "count_bos"}  # the filter that selects the heads to edit
-    _add_fields(parser, TrainConfig, "train.", skip={f.name for f in dataclasses.fields(TrainConfig)} - kept)
-    group = parser.add_argument_group("ceiling")
-    group.add_argument("--samples", type=int, default=256, help="validation prompts (default: 256)")
-    group.add_argument("--edits", nargs="+", choices=EDITS, default=list(EDITS), help="edits to score (default: all)")
-    group.add_argument(
-        "--heads", nargs="+", choices=HEAD_SETS, default=list(HEAD_SETS), help="head sets to edit (default: both)"
-    )
-    group.add_argument(
-        "--delta",
-        metavar="RUN_DIR",
-        help="apply a run's trained W_Q/W_K (or adapter) first; the run's model, dataset, k, label-token mode "
-        "and filter settings replace those flags",
-    )
-    group.add_argument("--batch-size", type=int, default=16, help="prompts per forward (default: 16)")
-    group.add_argument("--output", default=None, help="output directory (default: runs/ceiling-<dataset>-<time>)")
-    parser.set_defaults(func=cmd_ceiling)
-
-
-def cmd_ceiling(args) -> int:
-    from ..cli import _config
-
-    attention_ceiling(_config(args), args.samples, args.edits, args.heads, args.delta, args.output, args.batch_size)
-    return 0

@@ -5,7 +5,8 @@
     snap.write(model, run_dir)                            # example_attention.json and qk_shift.json
 
 Cost: one forward of one prompt before and one after training; the base W_Q/W_K are the run's BaseWeights.
-`abft report --with-model` recomputes both files from the base model and delta.safetensors instead.
+`abft report --with-model` recomputes both files from the base model and delta.safetensors instead
+(recompute_snapshot).
 
 example_attention.json: the last token's attention over the prompt's tokens (mean over heads per layer, and
 the mean over the heads that pass ABFT's induction-head filter on this prompt before or after training),
@@ -22,13 +23,11 @@ from pathlib import Path
 import torch
 
 from ..batching import collate
-from ..heads import label_forward
 from ..models.params import BaseWeights, QKSlice, trained_tensors
 from ..objectives import ABFTObjective
-from ..rundir import RunDir
-
-EXAMPLE_FILE = "example_attention.json"
-SHIFT_FILE = "qk_shift.json"
+from ..rundir import EXAMPLE_FILE, SHIFT_FILE, RunDir, read_run_config
+from .heads import label_forward
+from .setup import load_setup
 
 
 def _round(tensor: torch.Tensor, digits: int = 6) -> list:
@@ -120,3 +119,19 @@ class RunSnapshot:
         )
         slices = self.base.slices
         out.write_json(SHIFT_FILE, qk_shift(self.base.tensors(model), trained_tensors(model, slices), slices))
+
+
+def recompute_snapshot(run: Path, log=print) -> None:
+    """example_attention.json and qk_shift.json from the base model and the run's trained weights."""
+    from ..data import test_pairs
+    from ..models.params import check_trained, load_delta
+
+    check_trained(run)  # before the config: "no trained weights" is the more useful refusal
+    cfg = read_run_config(run)
+    log(f"loading {cfg.model.model} and the first test prompt of {cfg.data.dataset}")
+    model, tokenizer, builder, dataset = load_setup(cfg)
+    prompt = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, 1))[0]
+    objective = ABFTObjective.from_config(cfg.train, len(builder.prefix_ids))
+    snapshot = RunSnapshot(model, prompt, tokenizer.pad_token_id, tokenizer, objective)
+    load_delta(model, run)
+    snapshot.write(model, run)

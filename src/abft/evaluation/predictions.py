@@ -1,0 +1,47 @@
+"""Per-prompt outputs of the normal test, like lm-evaluation-harness's logged samples: one JSON line per test
+prompt (predictions_before.jsonl / predictions_after.jsonl in a run directory, abft.evaluate's "predictions").
+
+    records = prediction_records(probs, prompts, label_words)              # before training
+    records = prediction_records(probs, prompts, label_words, before=old)  # after: with "flipped"
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def prediction_records(
+    probs: np.ndarray, prompts: Sequence, label_words: Sequence[str], before: Sequence[dict] | None = None
+) -> list[dict]:
+    """One record per prompt: index, gold (label index) and gold_label, the label distribution `probs` (in
+    label_words' order), prediction (argmax) and predicted_label, correct; with `before` (the same prompts'
+    records before training) also flipped: whether the prediction changed."""
+    if before is not None and len(before) != len(prompts):
+        before = None  # not the same prompts (another --test-samples): no comparison
+    out = []
+    for i, (prompt, row) in enumerate(zip(prompts, np.asarray(probs), strict=True)):
+        pred = int(np.argmax(row))
+        record = {
+            "index": i,
+            "gold": int(prompt.gold),
+            "gold_label": label_words[prompt.gold],
+            "probs": [float(p) for p in row],
+            "prediction": pred,
+            "predicted_label": label_words[pred],
+            "correct": pred == int(prompt.gold),
+        }
+        if before is not None:
+            record["flipped"] = pred != int(before[i]["prediction"])
+        out.append(record)
+    return out
+
+
+def to_jsonl(records: Sequence[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def read_jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

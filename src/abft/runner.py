@@ -104,6 +104,7 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
         )
         distributed.on_main(lambda: RunDir.check_available(cfg.output, overwrite))  # the main process writes it
     torch.manual_seed(cfg.seed)
+    log(f"run directory {cfg.output}; loading {cfg.model.model}")  # the first minutes can be a download or a GGUF
     t0 = time.perf_counter()
     job = _prepare(cfg, train)
     job.timings["load_seconds"] = round(time.perf_counter() - t0, 2)

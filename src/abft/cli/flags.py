@@ -33,7 +33,11 @@ def add_fields(parser: argparse.ArgumentParser, cls, prefix: str, skip=()) -> No
         meta = f.metadata
         if meta.get("negate"):
             group.add_argument(
-                meta["negate"], dest=dest, action="store_false", default=default, help=f"turn off: {meta['help']}"
+                meta["negate"],
+                dest=dest,
+                action="store_false",
+                default=default,
+                help=f"{meta['help']} (default: on; this flag turns it off)",
             )
         elif f.type in ("bool", bool):
             group.add_argument(field_flag(f), dest=dest, action="store_true", default=default, help=meta["help"])
@@ -47,7 +51,8 @@ def _value_options(f: dataclasses.Field, default) -> dict:
     meta = f.metadata
     nargs, choices = meta.get("nargs"), meta.get("choices")
     kind = (type(default[0]) if default else str) if nargs else _scalar_type(f)
-    shown = default if default != () else "off"
+    shown = " ".join(map(str, default)) if isinstance(default, tuple) else default  # as typed on the command line
+    shown = shown if shown != "" else "off"
     out = {
         "type": kind,
         "choices": choices,

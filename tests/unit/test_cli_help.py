@@ -1,0 +1,48 @@
+"""What `abft run --help` says about defaults: as a user would type them, and switches that read as switches."""
+
+from __future__ import annotations
+
+import re
+
+from abft.cli import build_parser
+
+
+def _help(command: str) -> str:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return " ".join(sub.choices[command].format_help().split())  # one line: argparse wraps at the terminal width
+
+
+def test_tuple_defaults_read_as_flags_would_be_typed():
+    text = _help("run")
+    assert "(default: 0.03 0.005 0.005)" in text  # --pid
+    assert not re.search(r"default: \(", text)
+
+
+def test_negated_switches_say_what_they_turn_off():
+    text = _help("run")
+    assert "turn off:" not in text
+    assert "--no-save save the trained W_Q/W_K tensors (default: on; this flag turns it off)" in text
+
+
+def test_a_run_says_where_it_writes_and_what_it_loads_first(
+    capsys, tiny_word_model_dir, data_csv, tmp_path, monkeypatch
+):
+    from abft.cli import main
+
+    monkeypatch.setattr("abft.report.html.write_report", lambda path: path)
+    out = tmp_path / "run"
+    argv = [
+        "evaluate",
+        "--model",
+        str(tiny_word_model_dir),
+        "--dataset",
+        str(data_csv),
+        "--k",
+        "2",
+        "--test-samples",
+        "4",
+        "--output",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"run directory {out}; loading {tiny_word_model_dir}"

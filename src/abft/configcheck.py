@@ -16,8 +16,9 @@ _RECORDS = ("recipe_choices", "runtime")  # what --recipe chose; the device, dty
 
 
 def checked_config(config, where: str = "config.json") -> RunConfig:
-    """The RunConfig of a run's config.json; UserError for an unknown key or a value of the wrong type or
-    outside its choices (missing keys keep their defaults, as on the command line)."""
+    """The RunConfig of a run's config.json; UserError for an unknown or missing key or a value of the wrong
+    type or outside its choices. abft writes every setting, so a missing one is an edit: filled with today's
+    default it would describe another run (an emptied "model" would name the default model)."""
     if not isinstance(config, dict):
         raise UserError(f"{where} must hold a JSON object; start a new run")
     top = {f.name for f in dataclasses.fields(RunConfig)} | {"command", *_RECORDS}
@@ -33,12 +34,17 @@ def checked_config(config, where: str = "config.json") -> RunConfig:
             raise UserError(f"{where}: '{name}' must be an object, got {type(section).__name__}")
         _no_unknown(section, {f.name for f in dataclasses.fields(cls)}, f"{where} '{name}'")
         for f in dataclasses.fields(cls):
-            if f.name in section:
-                _check_value(f, section[f.name], f"{where}: '{name}.{f.name}'")
+            _check_value(f, _required(section, f.name, f"{where}: '{name}.{f.name}'"), f"{where}: '{name}.{f.name}'")
     for f in dataclasses.fields(RunConfig):
-        if f.name in config and f.name not in SECTIONS:
-            _check_value(f, config[f.name], f"{where}: '{f.name}'")
+        if f.name not in SECTIONS:
+            _check_value(f, _required(config, f.name, f"{where}: '{f.name}'"), f"{where}: '{f.name}'")
     return RunConfig.from_dict(config)
+
+
+def _required(mapping: dict, key: str, where: str):
+    if key not in mapping:
+        raise UserError(f"{where} is missing (abft writes every setting: the file was edited); start a new run")
+    return mapping[key]
 
 
 def _no_unknown(mapping: dict, known: set, where: str) -> None:

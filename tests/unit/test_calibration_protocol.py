@@ -94,12 +94,16 @@ def test_config_json_round_trips_and_old_booleans_still_read():
     data = json.loads(cfg.to_json())
     assert data["eval"]["calibration"] == ["hidden", "knn"]
     assert checked_config(data).eval.calibration == ("hidden", "knn")
-    assert checked_config({"eval": {"calibration": []}}).eval.calibration == ()
-    assert checked_config({"eval": {"calibration": True}}).eval.calibration == ("contextual",)  # was a switch
-    assert checked_config({"eval": {"calibration": False}}).eval.calibration == ()
+
+    def with_calibration(value) -> dict:
+        return {**data, "eval": {**data["eval"], "calibration": value}}
+
+    assert checked_config(with_calibration([])).eval.calibration == ()
+    assert checked_config(with_calibration(True)).eval.calibration == ("contextual",)  # was a switch
+    assert checked_config(with_calibration(False)).eval.calibration == ()
     for bad in (["platt"], "knn", 3):
         with pytest.raises(UserError, match="eval.calibration"):
-            checked_config({"eval": {"calibration": bad}})
+            checked_config(with_calibration(bad))
 
 
 # ---------------------------------------------------------------------------------------- the prompts

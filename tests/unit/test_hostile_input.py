@@ -476,3 +476,24 @@ def test_gguf_conversion_writes_no_progress_bar_when_progress_is_off(capsys, mon
         for _ in tqdm(range(3), desc="Converting"):
             pass
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("drop", ["model", "train.lr", "seed"])
+def test_a_config_missing_a_setting_is_refused_even_with_a_matching_fingerprint(capsys, failed_run, drop):
+    """Filled with today's default, an emptied "model" would resume the default model over another's checkpoint."""
+    from abft.rundir import config_fingerprint
+
+    config = json.loads((failed_run / "config.json").read_text())
+    section, _, name = drop.rpartition(".")
+    if name == "model":
+        config["model"] = {}
+    else:
+        del (config[section] if section else config)[name]
+    status = json.loads((failed_run / "status.json").read_text())
+    (failed_run / "config.json").write_text(json.dumps(config))
+    (failed_run / "status.json").write_text(json.dumps({**status, "config_sha256": config_fingerprint(config)}))
+    before = _tree(failed_run)
+    _fails(capsys, ["run", "--resume", str(failed_run)], "is missing (abft writes every setting")
+    assert {k: v[1] for k, v in _tree(failed_run).items() if k != "status.json"} == {
+        k: v[1] for k, v in before.items() if k != "status.json"
+    }

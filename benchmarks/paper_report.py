@@ -1,0 +1,202 @@
+"""The paper's tables and claim lines from the committed cell JSONs (benchmarks/paper/), however many have landed.
+
+    python benchmarks/paper_report.py            # markdown for benchmarks/RESULTS.md
+
+Table 1 is a grid (dataset x vanilla / contextual calibration / E2E / ABFT, accuracy +- standard error and
+macro-F1; seeds averaged, their spread shown) with a mean row over the datasets that have every column. Each
+claim line says holds / does not hold / cannot be decided yet, with the numbers; a claim whose cells have not
+landed names them. Standard errors of a difference treat its two sides as independent samples (the same test
+prompts are used before and after, so this overstates them): "holds" needs the difference beyond 2 of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+
+from paper_tables import EMBEDDED, GEMMA, OUT, PAPER_DATASETS, cells
+
+SHORT = {EMBEDDED: "smollm2", GEMMA: "gemma"}
+COLUMNS = ("vanilla", "calibration", "e2e", "abft")
+
+
+def load(directory: Path = OUT) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
+
+
+class Est:
+    """An accuracy (or mean of accuracies) with its standard error; macro-F1 and the seeds' spread beside it."""
+
+    def __init__(self, value: float, se: float, f1: float | None = None, spread: float = 0.0, n: int = 1):
+        self.value, self.se, self.f1, self.spread, self.n = value, se, f1, spread, n
+
+    def __sub__(self, other: Est) -> Est:
+        return Est(self.value - other.value, math.hypot(self.se, other.se))
+
+    def cell(self) -> str:
+        text = f"{self.value:.3f} +- {self.se:.3f}"
+        if self.n > 1:
+            text += f" ({self.n} seeds, spread {self.spread:.3f})"
+        return text + (f" / F1 {self.f1:.3f}" if self.f1 is not None else "")
+
+
+def average(ests: list[Est]) -> Est:
+    """The mean of independent estimates (datasets, or seeds of one cell on the same prompts: then the spread)."""
+    values = [e.value for e in ests]
+    f1s = [e.f1 for e in ests if e.f1 is not None]
+    return Est(
+        mean(values),
+        math.sqrt(sum(e.se**2 for e in ests)) / len(ests),
+        mean(f1s) if len(f1s) == len(ests) else None,
+        max(values) - min(values),
+        len(ests),
+    )
+
+
+def table1(rows: dict[str, dict], model: str) -> dict[str, dict[str, Est]]:
+    """dataset -> column -> estimate, from the t1 cells of one model."""
+    grid: dict[str, dict[str, list[Est]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows.values():
+        if r["table"] != "table1" or r["model"] != model:
+            continue
+        before = r["before"]
+        vanilla = Est(before["accuracy"], before["accuracy_se"], before.get("macro_f1"))
+        if r["method"] == "base":
+            if "calibrated_accuracy" in before:
+                acc = before["calibrated_accuracy"]
+                se = math.sqrt(acc * (1 - acc) / before["prompts"])
+                grid[r["dataset"]]["calibration"].append(Est(acc, se, before["calibrated_macro_f1"]))
+        elif "after" in r:
+            after = r["after"]
+            grid[r["dataset"]][r["method"]].append(Est(after["accuracy"], after["accuracy_se"], after.get("macro_f1")))
+        if not grid[r["dataset"]]["vanilla"]:  # every cell of a dataset shares the vanilla prompts and score
+            grid[r["dataset"]]["vanilla"].append(vanilla)
+    return {d: {c: average(ests) for c, ests in cols.items()} for d, cols in grid.items()}
+
+
+def grid_markdown(grid: dict[str, dict[str, Est]], model: str) -> str:
+    lines = [f"| {SHORT[model]} | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for d in [d for d in PAPER_DATASETS if d in grid]:
+        lines.append(f"| {d} | " + " | ".join(grid[d][c].cell() if c in grid[d] else "-" for c in COLUMNS) + " |")
+    full = [d for d in grid if all(c in grid[d] for c in COLUMNS)]
+    if full:
+        means = [average([grid[d][c] for d in full]) for c in COLUMNS]
+        cols = " | ".join(f"**{m.value:.3f}** +- {m.se:.3f}" for m in means)
+        lines.append(f"| **mean of {len(full)}** | {cols} |")
+    return "\n".join(lines)
+
+
+def verdict(diff: Est, at_least: float = 0.0) -> str:
+    if diff.value - 2 * diff.se > at_least:
+        return "holds"
+    if diff.value + 2 * diff.se < at_least:
+        return "does not hold"
+    return "cannot be decided at this size"
+
+
+def missing(rows: dict[str, dict], prefix: str) -> list[str]:
+    return [c.id for c in cells() if c.id.startswith(prefix) and c.id not in rows]
+
+
+def pair_claim(grid: dict, model: str, better: str, worse: str, paper: str, at_least: float = 0.0) -> str:
+    """`better` beats `worse` by more than `at_least` on the mean over datasets that have both columns."""
+    both = [d for d in grid if better in grid[d] and worse in grid[d]]
+    if not both:
+        return f"- {better} vs {worse} ({SHORT[model]}; paper: {paper}): no dataset has both yet."
+    a, b = average([grid[d][better] for d in both]), average([grid[d][worse] for d in both])
+    diff = a - b
+    lead = f"by more than {at_least:.2f}" if at_least else "on average"
+    return (
+        f"- {better} above {worse} {lead} ({SHORT[model]}, mean of {len(both)} of 8 datasets; paper: {paper}): "
+        f"**{verdict(diff, at_least)}**: {a.value:.3f} vs {b.value:.3f}, difference {diff.value:+.3f} +- {diff.se:.3f}."
+    )
+
+
+def f1_disagreements(rows: dict[str, dict]) -> str:
+    """Cells whose accuracy rose while macro-F1 fell (a gain in accuracy alone is not a gain)."""
+    bad = [
+        f"{r['cell']} (accuracy {r['after']['accuracy'] - r['before']['accuracy']:+.3f}, "
+        f"macro-F1 {r['after']['macro_f1'] - r['before']['macro_f1']:+.3f})"
+        for r in rows.values()
+        if "after" in r
+        and r["after"]["accuracy"] > r["before"]["accuracy"]
+        and r["after"]["macro_f1"] < r["before"]["macro_f1"]
+    ]
+    return "- accuracy and macro-F1 disagree in: " + ("; ".join(bad) if bad else "no finished cell.")
+
+
+def protocol_claims(rows: dict[str, dict]) -> list[str]:
+    """Tables 2-3 and unseen labels from the t23 cells (one run per dataset and method, every protocol)."""
+    out = []
+    got = {(r["dataset"], r["method"]): r for r in rows.values() if r["cell"].startswith("t23-") and "after" in r}
+    checks = {  # claim -> where its number sits in a stage's metrics
+        "out of domain, ABFT above E2E (paper: 64.34 vs 61.74)": ("generalization", "out_of_domain_accuracy"),
+        "template consistency, ABFT above E2E (paper, Llama3-8B: 86.93 -> 90.32)": ("template", "consistency"),
+        "demonstration consistency, ABFT above E2E (paper: 76.99 -> 92.00)": ("demo", "consistency"),
+        "unseen labels, ABFT above E2E (paper, Fig. 3)": ("unseen_label", "unseen_label", "accuracy"),
+    }
+
+    def value(row: dict, keys: tuple) -> float:
+        return functools.reduce(lambda d, k: d[k], keys, row["after"])
+
+    datasets = sorted({d for d, m in got if (d, "abft") in got and (d, "e2e") in got})
+    for claim, keys in checks.items():
+        if not datasets:
+            out.append(f"- {claim}: not measured yet (cells {', '.join(missing(rows, 't23-')[:4])}, ...).")
+            continue
+        diffs = [value(got[d, "abft"], keys) - value(got[d, "e2e"], keys) for d in datasets]
+        wins = sum(x > 0 for x in diffs)
+        out.append(
+            f"- {claim}: ABFT ahead on {wins} of {len(datasets)} datasets, "
+            f"mean difference {mean(diffs):+.3f} ({', '.join(datasets)})."
+        )
+    return out
+
+
+def ablation_claims(rows: dict[str, dict]) -> list[str]:
+    out = []
+    for name, paper in (("no-pid", 76.86), ("no-filter", 75.57), ("a0", 72.13), ("b0", 56.47)):
+        pairs = [
+            (rows[f"t1-smollm2-{d}-abft-s0"], rows[f"abl-smollm2-{d}-{name}"])
+            for d in PAPER_DATASETS
+            if f"abl-smollm2-{d}-{name}" in rows and f"t1-smollm2-{d}-abft-s0" in rows
+        ]
+        if not pairs:
+            out.append(f"- ablation {name} below full ABFT (paper, Falcon3: 79.59 vs {paper}): not measured yet.")
+            continue
+        full = average([Est(f["after"]["accuracy"], f["after"]["accuracy_se"]) for f, _ in pairs])
+        abl = average([Est(a["after"]["accuracy"], a["after"]["accuracy_se"]) for _, a in pairs])
+        out.append(
+            f"- ablation {name} below full ABFT (paper, Falcon3: 79.59 vs {paper}; {len(pairs)} datasets): "
+            f"**{verdict(full - abl)}**: {full.value:.3f} vs {abl.value:.3f}."
+        )
+    return out
+
+
+def main() -> None:
+    rows = load()
+    print(f"{len(rows)} of {len(cells())} cells have landed.\n")
+    grids = {m: table1(rows, m) for m in (EMBEDDED, GEMMA)}
+    for model, grid in grids.items():
+        if grid:
+            print(grid_markdown(grid, model) + "\n")
+    print("Claims:")
+    claims = [
+        pair_claim(grids[EMBEDDED], EMBEDDED, "abft", "vanilla", "GPT2-L 45.86 -> 63.21, Llama3-8B 66.60 -> 80.20"),
+        pair_claim(grids[EMBEDDED], EMBEDDED, "abft", "vanilla", "target: +10 points", at_least=0.10),
+        pair_claim(grids[EMBEDDED], EMBEDDED, "abft", "calibration", "ABFT above contextual calibration"),
+        pair_claim(grids[EMBEDDED], EMBEDDED, "e2e", "abft", "in domain E2E 78.33 vs ABFT 72.54"),
+        pair_claim(grids[GEMMA], GEMMA, "abft", "vanilla", "as for the embedded model"),
+        f1_disagreements(rows),
+        *protocol_claims(rows),
+        *ablation_claims(rows),
+    ]
+    print("\n".join(claims))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""benchmarks/paper_report.py: Table 1's grid and the claim verdicts from cell JSONs."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import paper_report  # noqa: E402
+
+
+def _cell(dataset, method, before, after=None, f1_after=None, calibrated=None):
+    stage = lambda acc, f1: {"accuracy": acc, "accuracy_se": 0.01, "macro_f1": f1, "prompts": 256}  # noqa: E731
+    row = {"cell": f"t1-smollm2-{dataset}-{method}-s0", "table": "table1", "model": "smollm2-135m",
+           "dataset": dataset, "method": method, "before": stage(before, before)}  # fmt: skip
+    if after is not None:
+        row["after"] = stage(after, after if f1_after is None else f1_after)
+    if calibrated is not None:
+        row["cell"] = f"t1-smollm2-{dataset}-calibration"
+        row["before"] |= {"calibrated_accuracy": calibrated, "calibrated_macro_f1": calibrated}
+    return row["cell"], row
+
+
+def test_grid_mean_and_verdicts():
+    rows = dict(
+        [
+            _cell("sst2", "abft", 0.60, 0.90),
+            _cell("sst2", "e2e", 0.60, 0.91),
+            _cell("sst2", "base", 0.60, calibrated=0.70),
+            _cell("trec", "abft", 0.40, 0.52, f1_after=0.30),  # accuracy up, macro-F1 down
+            _cell("trec", "e2e", 0.40, 0.50),
+        ]
+    )
+    grid = paper_report.table1(rows, "smollm2-135m")
+    assert grid["sst2"]["calibration"].value == pytest.approx(0.70)
+    assert grid["trec"]["abft"].value == pytest.approx(0.52)
+    markdown = paper_report.grid_markdown(grid, "smollm2-135m")
+    assert "mean of 1" in markdown  # only SST-2 has all four columns
+    lines = {
+        "gain": paper_report.pair_claim(grid, "smollm2-135m", "abft", "vanilla", "p"),
+        "ten": paper_report.pair_claim(grid, "smollm2-135m", "abft", "vanilla", "p", at_least=0.5),
+        "e2e": paper_report.pair_claim(grid, "smollm2-135m", "e2e", "abft", "p"),
+    }
+    assert "**holds**" in lines["gain"] and "mean of 2 of 8" in lines["gain"]
+    assert "**does not hold**" in lines["ten"]  # +0.21 with s.e. 0.01 is far below +0.5
+    assert "cannot be decided" in lines["e2e"]  # -0.005 with s.e. 0.01
+    assert "t1-smollm2-trec-abft-s0" in paper_report.f1_disagreements(rows)
+    assert "sst2-abft" not in paper_report.f1_disagreements(rows)
+
+
+def test_seeds_are_averaged_with_their_spread():
+    rows = dict([_cell("sst2", "abft", 0.6, 0.8)])
+    name, second = _cell("sst2", "abft", 0.6, 0.9)
+    rows[name.replace("s0", "s1")] = second
+    est = paper_report.table1(rows, "smollm2-135m")["sst2"]["abft"]
+    assert (est.value, est.spread, est.n) == (pytest.approx(0.85), pytest.approx(0.1), 2)
+    assert "2 seeds" in est.cell()
+
+
+def test_protocol_claims_compare_abft_with_e2e_per_dataset():
+    def t23(dataset, method, out_of_domain):
+        after = {
+            "generalization": {"out_of_domain_accuracy": out_of_domain},
+            "template": {"consistency": 0.5},
+            "demo": {"consistency": 0.5},
+            "unseen_label": {"unseen_label": {"accuracy": 0.1}},
+        }
+        return f"t23-smollm2-{dataset}-{method}-s0", {"cell": f"t23-smollm2-{dataset}-{method}-s0", "dataset": dataset,
+                                                      "method": method, "after": after}  # fmt: skip
+
+    rows = dict([t23("sst2", "abft", 0.7), t23("sst2", "e2e", 0.6), t23("trec", "abft", 0.5), t23("trec", "e2e", 0.6)])
+    rows.pop("t23-smollm2-trec-e2e-s0")  # a dataset with one method only is left out
+    lines = paper_report.protocol_claims(rows)
+    assert "ABFT ahead on 1 of 1 datasets, mean difference +0.100 (sst2)" in lines[0]
+    assert "mean difference +0.000" in lines[1]

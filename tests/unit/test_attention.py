@@ -9,11 +9,12 @@ import torch
 from tiny_models import GEMMA_SLIDING_WINDOW, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_qwen2
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-import abft.attention as attention
 from abft.attention import (
     ATTN_IMPLEMENTATION,
     capture_last_row,
+    implementation,
     last_real_index,
+    switch,
     use_last_row_attention,
 )
 from abft.errors import UserError
@@ -246,7 +247,7 @@ def test_use_last_row_attention_registers_and_is_idempotent(monkeypatch):
     # masking_utils builds no mask for unknown names: ours must map to the SDPA mask builder.
     assert ALL_MASK_ATTENTION_FUNCTIONS[ATTN_IMPLEMENTATION] is sdpa_mask
     probes = []
-    monkeypatch.setattr(attention, "_probe", lambda m: probes.append(m))
+    monkeypatch.setattr(switch, "_probe", lambda m: probes.append(m))
     use_last_row_attention(model)
     assert probes == []
 
@@ -274,7 +275,7 @@ def test_softcap_is_refused():
     tensor = torch.zeros(1, 4, 3, 8)
     kv = torch.zeros(1, 2, 3, 8)
     with pytest.raises(UserError, match="soft-capping"):
-        attention._last_row_attention_forward(module, tensor, kv, kv, None, scaling=1.0, softcap=30.0)
+        implementation._last_row_attention_forward(module, tensor, kv, kv, None, scaling=1.0, softcap=30.0)
 
 
 def test_last_real_index():

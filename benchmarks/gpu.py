@@ -247,7 +247,8 @@ def reference_step(model, prompts, labels, plan: Plan, micro: int) -> dict:
     import torch
 
     from abft.batching import collate
-    from abft.models.params import find_qk_slices, mark_trainable
+    from abft.models.arch import find_qk_slices
+    from abft.models.trainable import mark_trainable
     from abft.objectives import ABFTObjective
 
     device = next(model.parameters()).device
@@ -287,7 +288,8 @@ def flops_per_example(model, prompt, method: str) -> float:
 
     from abft.attention import capture_last_row, use_last_row_attention
     from abft.batching import collate
-    from abft.models.params import find_qk_slices, mark_trainable
+    from abft.models.arch import find_qk_slices
+    from abft.models.trainable import mark_trainable
     from abft.objectives import ABFTObjective, e2e_loss
 
     device = next(model.parameters()).device

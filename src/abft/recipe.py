@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import distributed
-from .models.params import find_qk_slices, qk_param
+from .models.arch import find_qk_slices, qk_param
 
 PAPER_LR, PAPER_LORA_LR = 2e-5, 1e-4
 RELATIVE_LR = 3e-4 / 0.207
@@ -56,7 +56,7 @@ def qk_rms(model) -> float:
     """Root mean square of every W_Q and W_K entry (biases excluded; the Q and K parts of fused projections)."""
     total, count = 0.0, 0
     for s in find_qk_slices(model):
-        w = distributed.full(qk_param(model, s.param).detach()).narrow(s.out_dim, s.start, s.stop - s.start)
+        w = s.select(distributed.full(qk_param(model, s.param).detach()))
         total += float(w.double().pow(2).sum())
         count += w.numel()
     return (total / count) ** 0.5

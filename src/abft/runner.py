@@ -41,7 +41,7 @@ from .evaluation.scoring import ScoreCache, Scorer
 from .models import load_model
 from .models.context import check_context
 from .models.lora import add_lora
-from .models.params import BaseWeights, save_trained
+from .models.weights import BaseWeights, save_trained
 from .objectives import ABFTObjective
 from .recipe import describe as describe_recipe
 from .recipe import resolve as resolve_recipe

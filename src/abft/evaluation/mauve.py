@@ -46,7 +46,7 @@ import numpy as np
 
 from abft.errors import UserError, param
 from abft.models.context import check_context
-from abft.models.params import BaseWeights
+from abft.models.weights import BaseWeights
 from abft.rundir import atomic_write
 
 from .generation import DECODINGS, generate_continuations, text_features

@@ -18,6 +18,7 @@ import torch
 
 from . import distributed
 from .analysis.heads import head_statistics, heads_summary
+from .analysis.setup import load_setup
 from .analysis.snapshot import RunSnapshot
 from .config import RunConfig, check_restricted_gradient
 from .configcheck import checked_config
@@ -38,7 +39,6 @@ from .evaluation import mauve as mauve_eval
 from .evaluation.predictions import prediction_records, read_jsonl, to_jsonl
 from .evaluation.protocols import accuracy_se
 from .evaluation.scoring import ScoreCache, Scorer
-from .models import load_model
 from .models.context import check_context
 from .models.lora import add_lora
 from .models.weights import BaseWeights, save_trained
@@ -156,21 +156,12 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
             f"lower {param('k')} or use a larger dataset"
         )
     fsdp = _fsdp(cfg)
-    device, dtype = cfg.model.device, cfg.model.dtype
-    if fsdp:  # the whole model on the main process's CPU only; shard_model sends every process its share
-        device, dtype = "cpu", dtype or ("bf16" if torch.cuda.is_available() else "fp32")
-    if fsdp:  # the others read the configuration once the main process has converted / downloaded the model
-        trust = {"trust_remote_code": cfg.model.trust_remote_code}
-        loaded = distributed.on_main(lambda: load_model(cfg.model.model, device, dtype, **trust))
-        model, tokenizer = loaded if loaded is not None else load_model(cfg.model.model, "meta", dtype, **trust)
-    else:
-        model, tokenizer = load_model(cfg.model.model, device, dtype, cfg.model.quantized, cfg.model.trust_remote_code)
+    model, tokenizer, builder, _ = load_setup(cfg, dataset, fsdp)  # the dataset checked before the slow part
     if train and cfg.train.lora_r:  # before anything reads W_Q/W_K (the report's snapshot)
         add_lora(model, cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
     if fsdp:
         distributed.shard_model(model)
     choices = resolve_recipe(cfg.train, model) if train else {}
-    builder = PromptBuilder.for_dataset(tokenizer, dataset.info, cfg.data.label_token_mode)
     test = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, cfg.data.test_samples))
     train_prompts = None
     if train:

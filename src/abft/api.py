@@ -117,7 +117,7 @@ def fit(
     """
     _check_prompts(prompts)
     cfg = _train_config(method, settings)
-    check_context(model, prompts, hint=f"lower {param('k')}")
+    check_context(model, prompts)
     return train_model(
         model,
         prompts,
@@ -136,7 +136,7 @@ def evaluate(model, tokenizer, prompts: Prompts, *, batch_size: int = 16, before
     prediction, predicted_label, correct; with `before`, an earlier evaluate() result on the same prompts,
     also flipped). The model is scored in evaluation mode and left in the mode it was in."""
     _check_prompts(prompts)
-    check_context(model, prompts, hint=f"lower {param('k')}")
+    check_context(model, prompts)
     state = ModelState.of(model)
     model.eval()
     try:

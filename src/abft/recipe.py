@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import distributed
+from .errors import Text, param
 from .models.arch import find_qk_slices, qk_param
 
 PAPER_LR, PAPER_LORA_LR = 2e-5, 1e-4
@@ -62,11 +63,12 @@ def qk_rms(model) -> float:
     return (total / count) ** 0.5
 
 
-def describe(choices: dict, cfg) -> str:
-    """One line: the recipe's choices and the explicit flags that repeat them."""
+def describe(choices: dict, cfg) -> Text:
+    """One line: the recipe's choices and the explicit settings that repeat them (as flags on the CLI)."""
     parts = [f"lr {cfg.lr:g}" + (f" ({choices['lr_rule']})" if "lr_rule" in choices else "")]
     val = f"validation {cfg.val_samples} prompts every {cfg.val_every} steps"
     parts.append(val if cfg.val_samples else "no validation")
     parts.append(f"keep the {cfg.keep} step")
-    flags = f"--lr {cfg.lr:g} --val-samples {cfg.val_samples} --val-every {cfg.val_every} --keep {cfg.keep}"
-    return f"recipe {cfg.recipe}: {', '.join(parts)}; the same with explicit flags: {flags}"
+    values = {"lr": f"{cfg.lr:g}", "val_samples": cfg.val_samples, "val_every": cfg.val_every, "keep": cfg.keep}
+    settings = " ".join(param(name, value) for name, value in values.items())
+    return Text(f"recipe {cfg.recipe}: {', '.join(parts)}; the same with explicit settings: {settings}")

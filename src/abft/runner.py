@@ -33,7 +33,7 @@ from .data import (
     train_pairs,
     validation_pairs,
 )
-from .errors import UserError, param
+from .errors import Text, UserError, param
 from .evaluation import evaluate_prompts, fore_cache, suites
 from .evaluation import mauve as mauve_eval
 from .evaluation.predictions import prediction_records, read_jsonl, to_jsonl
@@ -91,13 +91,12 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
     log = distributed.main_only(log)
     if train and cfg.model.quantized and not cfg.train.lora_r:
         cfg.train.lora_r = 16  # a 4-bit base is trained through an adapter; the paper's rank
-        log(
-            f"note: {param('quantized')} trains LoRA adapters; {param('lora_r')} was not given, so the paper's "
-            "rank 16 is used"
-        )
+        note = f"{param('quantized')} trains LoRA adapters; {param('lora_r')} was not given"
+        log(Text(f"note: {note}, so the paper's rank 16 is used"))
     _validate(cfg, train)
     if cfg.model.fsdp and distributed.world_size() == 1:
-        log("note: --fsdp shards the model over the processes of torchrun / accelerate launch; this is one process")
+        where = "over the processes of torchrun / accelerate launch; this is one process"
+        log(Text(f"note: {param('fsdp')} shards the model {where}"))
     if not resume_run:
         cfg.output = str(
             cfg.output or default_output(dataset_stem(cfg.data.dataset), cfg.train.method if train else "eval")
@@ -232,7 +231,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     log(splits_summary(job.splits))
     warning = splits_warning(job.splits)
     if warning:
-        log(f"warning: {warning}")
+        log(Text(f"warning: {warning.marked}"))
     if train:
         log(describe_recipe(choices, cfg.train))
     if cfg.data.test_samples < FULL_TEST:
@@ -375,7 +374,8 @@ def _fore_test(cfg: RunConfig, job: _Job, metrics: dict, evaluate, log) -> None:
     """metrics["before"]: from the fore-test cache with --reuse-fore-test when it holds this run's, else tested."""
     if not cfg.eval.reuse_fore_test or job.mauve is not None:
         if cfg.eval.reuse_fore_test:
-            log("note: --reuse-fore-test is not used with MAUVE (its before generations belong to this run)")
+            why = "its before generations belong to this run"
+            log(Text(f"note: {param('reuse_fore_test')} is not used with MAUVE ({why})"))
         evaluate("before")
         return
     key = fore_cache.fore_test_key(cfg, job.model, job.sets)

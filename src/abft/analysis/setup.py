@@ -1,7 +1,10 @@
-"""The model and prompt builder of a configuration, loaded one way for `abft run` (abft.runner) and every analysis.
+"""The model and prompt builder of a configuration, one way for `abft run` (abft.runner) and every analysis.
 
     model, tokenizer, builder, dataset = load_setup(cfg)
-    model, tokenizer, builder, _ = load_setup(cfg, dataset, fsdp=True)   # the runner: a dataset it checked
+    model, tokenizer, builder, _ = load_setup(cfg, dataset, fsdp=True)   # the runner
+
+The runner passes the dataset it has loaded and checked (k against the demonstration pool), so that such a
+mistake is refused before the slow part, the model.
 """
 
 from __future__ import annotations

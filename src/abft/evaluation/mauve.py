@@ -299,5 +299,5 @@ def prepare(model, tokenizer, dataset, cfg, base: BaseWeights | None = None) -> 
     test = MauveTest(tokenizer, items, source, cfg, base)
     longest_generated = max(map(len, test.prefix_ids)) + ev.mauve_max_new_tokens  # a prefix and all its new tokens
     lengths = [longest_generated, *map(len, test.reference_ids)]
-    check_context(model, lengths, "a MAUVE text", "use shorter prefixes or a lower --mauve-max-new-tokens")
+    check_context(model, lengths, "a MAUVE text", f"use shorter prefixes or a lower {param('mauve_max_new_tokens')}")
     return test

@@ -247,7 +247,8 @@ def reference_step(model, prompts, labels, plan: Plan, micro: int) -> dict:
     import torch
 
     from abft.batching import collate
-    from abft.models.params import find_qk_slices, mark_trainable
+    from abft.models.arch import find_qk_slices
+    from abft.models.trainable import mark_trainable
     from abft.objectives import ABFTObjective
 
     device = next(model.parameters()).device
@@ -287,7 +288,8 @@ def flops_per_example(model, prompt, method: str) -> float:
 
     from abft.attention import capture_last_row, use_last_row_attention
     from abft.batching import collate
-    from abft.models.params import find_qk_slices, mark_trainable
+    from abft.models.arch import find_qk_slices
+    from abft.models.trainable import mark_trainable
     from abft.objectives import ABFTObjective, e2e_loss
 
     device = next(model.parameters()).device
@@ -398,6 +400,7 @@ def protocol_section(section: Section, plan: Plan, tokenizer_dir: str) -> None:
     """`abft run --dataset sst2` (paper defaults but --checkpoint-every) with load_model answering the random
     model. Each checkpoint write is timed: the default (every step) costs ~31 more of them on the 8B shape."""
     from abft import runner
+    from abft.analysis import setup
     from abft.config import RunConfig
     from abft.train import state as train_state
 
@@ -406,7 +409,7 @@ def protocol_section(section: Section, plan: Plan, tokenizer_dir: str) -> None:
     model = build_model(plan.big, vocab=len(tokenizer))
     sync()
     section.data["build_s"] = time.perf_counter() - start
-    runner.load_model = lambda *args, **kwargs: (model, tokenizer)  # the seam the unit tests patch too
+    setup.load_model = lambda *args, **kwargs: (model, tokenizer)  # the seam the unit tests patch too
     writes = []
     save = train_state.save_checkpoint
 

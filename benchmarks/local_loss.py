@@ -28,7 +28,7 @@ from abft.config import TrainConfig
 from abft.data import PromptBuilder, default_template, load_dataset, train_pairs, validation_pairs
 from abft.evaluation import evaluate_prompts
 from abft.models import load_model
-from abft.models.params import find_qk_slices
+from abft.models.arch import find_qk_slices
 from abft.objectives import ABFTObjective
 from abft.recipe import resolve
 from abft.train import train

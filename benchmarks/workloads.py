@@ -84,7 +84,8 @@ def train_workload(args) -> dict:
     cfg = TrainConfig(
         method=args.method, pseudo_batch_size=len(prompts), micro_batch_size=args.micro, epochs=1, lr=1e-5
     )
-    from abft.models.params import find_qk_slices, mark_trainable
+    from abft.models.arch import find_qk_slices
+    from abft.models.trainable import mark_trainable
     from abft.train import train
 
     if args.impl == "reference":
@@ -148,7 +149,8 @@ def flops_workload(args) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from abft.attention import capture_last_row, use_last_row_attention
-    from abft.models.params import find_qk_slices, mark_trainable
+    from abft.models.arch import find_qk_slices
+    from abft.models.trainable import mark_trainable
 
     model, tok = load_model("smollm2-135m")
     builder, prompts = prompts_for(tok, "sst2", 4, 8, "test")

@@ -11,7 +11,7 @@ peft), from your own labelled examples. Re-exported by `abft` (loaded on first u
     abft.load(fresh_model, "out/")    # the trained W_Q/W_K into another copy of the base model
 
 Everything here is the library the CLI runs (data.PromptBuilder and the samplers, train.train, evaluation,
-models.params); this module only adapts its inputs. The training function is `fit`, not `train`: `abft.train`
+models.weights); this module only adapts its inputs. The training function is `fit`, not `train`: `abft.train`
 is the training package.
 """
 
@@ -27,7 +27,7 @@ from .errors import UserError, param
 from .evaluation import evaluate_prompts
 from .evaluation.predictions import prediction_records
 from .models.context import check_context
-from .models.params import load_delta, save_trained
+from .models.weights import load_delta, save_trained
 from .train import StepRecord
 from .train import train as train_model
 from .train.setup import ModelState
@@ -117,7 +117,7 @@ def fit(
     """
     _check_prompts(prompts)
     cfg = _train_config(method, settings)
-    check_context(model, prompts, hint=f"lower {param('k')}")
+    check_context(model, prompts)
     return train_model(
         model,
         prompts,
@@ -136,7 +136,7 @@ def evaluate(model, tokenizer, prompts: Prompts, *, batch_size: int = 16, before
     prediction, predicted_label, correct; with `before`, an earlier evaluate() result on the same prompts,
     also flipped). The model is scored in evaluation mode and left in the mode it was in."""
     _check_prompts(prompts)
-    check_context(model, prompts, hint=f"lower {param('k')}")
+    check_context(model, prompts)
     state = ModelState.of(model)
     model.eval()
     try:

@@ -48,8 +48,9 @@ def export_merged(run_dir: str | Path, out: str | Path, log=print) -> Path:
     directory or cannot be written.
     """
     from .models import load_model
+    from .models.arch import find_qk_slices
     from .models.fingerprint import base_fingerprint
-    from .models.params import check_trained, find_qk_slices, load_delta, read_meta
+    from .models.weights import check_trained, load_delta, read_meta
     from .rundir import RunDir, read_run_config
 
     run, out = Path(run_dir), Path(out)

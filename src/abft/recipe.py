@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from . import distributed
-from .models.params import find_qk_slices, qk_param
+from .errors import Text, param
+from .models.arch import find_qk_slices, qk_param
 
 PAPER_LR, PAPER_LORA_LR = 2e-5, 1e-4
 RELATIVE_LR = 3e-4 / 0.207
@@ -56,17 +57,18 @@ def qk_rms(model) -> float:
     """Root mean square of every W_Q and W_K entry (biases excluded; the Q and K parts of fused projections)."""
     total, count = 0.0, 0
     for s in find_qk_slices(model):
-        w = distributed.full(qk_param(model, s.param).detach()).narrow(s.out_dim, s.start, s.stop - s.start)
+        w = s.select(distributed.full(qk_param(model, s.param).detach()))
         total += float(w.double().pow(2).sum())
         count += w.numel()
     return (total / count) ** 0.5
 
 
-def describe(choices: dict, cfg) -> str:
-    """One line: the recipe's choices and the explicit flags that repeat them."""
+def describe(choices: dict, cfg) -> Text:
+    """One line: the recipe's choices and the explicit settings that repeat them (as flags on the CLI)."""
     parts = [f"lr {cfg.lr:g}" + (f" ({choices['lr_rule']})" if "lr_rule" in choices else "")]
     val = f"validation {cfg.val_samples} prompts every {cfg.val_every} steps"
     parts.append(val if cfg.val_samples else "no validation")
     parts.append(f"keep the {cfg.keep} step")
-    flags = f"--lr {cfg.lr:g} --val-samples {cfg.val_samples} --val-every {cfg.val_every} --keep {cfg.keep}"
-    return f"recipe {cfg.recipe}: {', '.join(parts)}; the same with explicit flags: {flags}"
+    values = {"lr": f"{cfg.lr:g}", "val_samples": cfg.val_samples, "val_every": cfg.val_every, "keep": cfg.keep}
+    settings = " ".join(param(name, value) for name, value in values.items())
+    return Text(f"recipe {cfg.recipe}: {', '.join(parts)}; the same with explicit settings: {settings}")

@@ -18,6 +18,7 @@ import torch
 
 from . import distributed
 from .analysis.heads import head_statistics, heads_summary
+from .analysis.setup import load_setup
 from .analysis.snapshot import RunSnapshot
 from .config import RunConfig, check_restricted_gradient
 from .configcheck import checked_config
@@ -32,16 +33,15 @@ from .data import (
     train_pairs,
     validation_pairs,
 )
-from .errors import UserError, param
+from .errors import Text, UserError, param
 from .evaluation import evaluate_prompts, fore_cache, suites
 from .evaluation import mauve as mauve_eval
 from .evaluation.predictions import prediction_records, read_jsonl, to_jsonl
 from .evaluation.protocols import accuracy_se
 from .evaluation.scoring import ScoreCache, Scorer
-from .models import load_model
 from .models.context import check_context
 from .models.lora import add_lora
-from .models.params import BaseWeights, save_trained
+from .models.weights import BaseWeights, save_trained
 from .objectives import ABFTObjective
 from .recipe import describe as describe_recipe
 from .recipe import resolve as resolve_recipe
@@ -91,13 +91,12 @@ def run(cfg: RunConfig, train: bool = True, overwrite: bool = False, log=print, 
     log = distributed.main_only(log)
     if train and cfg.model.quantized and not cfg.train.lora_r:
         cfg.train.lora_r = 16  # a 4-bit base is trained through an adapter; the paper's rank
-        log(
-            f"note: {param('quantized')} trains LoRA adapters; {param('lora_r')} was not given, so the paper's "
-            "rank 16 is used"
-        )
+        note = f"{param('quantized')} trains LoRA adapters; {param('lora_r')} was not given"
+        log(Text(f"note: {note}, so the paper's rank 16 is used"))
     _validate(cfg, train)
     if cfg.model.fsdp and distributed.world_size() == 1:
-        log("note: --fsdp shards the model over the processes of torchrun / accelerate launch; this is one process")
+        where = "over the processes of torchrun / accelerate launch; this is one process"
+        log(Text(f"note: {param('fsdp')} shards the model {where}"))
     if not resume_run:
         cfg.output = str(
             cfg.output or default_output(dataset_stem(cfg.data.dataset), cfg.train.method if train else "eval")
@@ -156,21 +155,12 @@ def _prepare(cfg: RunConfig, train: bool) -> _Job:
             f"lower {param('k')} or use a larger dataset"
         )
     fsdp = _fsdp(cfg)
-    device, dtype = cfg.model.device, cfg.model.dtype
-    if fsdp:  # the whole model on the main process's CPU only; shard_model sends every process its share
-        device, dtype = "cpu", dtype or ("bf16" if torch.cuda.is_available() else "fp32")
-    if fsdp:  # the others read the configuration once the main process has converted / downloaded the model
-        trust = {"trust_remote_code": cfg.model.trust_remote_code}
-        loaded = distributed.on_main(lambda: load_model(cfg.model.model, device, dtype, **trust))
-        model, tokenizer = loaded if loaded is not None else load_model(cfg.model.model, "meta", dtype, **trust)
-    else:
-        model, tokenizer = load_model(cfg.model.model, device, dtype, cfg.model.quantized, cfg.model.trust_remote_code)
+    model, tokenizer, builder, _ = load_setup(cfg, dataset, fsdp)  # the dataset checked before the slow part
     if train and cfg.train.lora_r:  # before anything reads W_Q/W_K (the report's snapshot)
         add_lora(model, cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
     if fsdp:
         distributed.shard_model(model)
     choices = resolve_recipe(cfg.train, model) if train else {}
-    builder = PromptBuilder.for_dataset(tokenizer, dataset.info, cfg.data.label_token_mode)
     test = builder.build_pairs(dataset, test_pairs(dataset, cfg.data.k, cfg.data.test_samples))
     train_prompts = None
     if train:
@@ -241,7 +231,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     log(splits_summary(job.splits))
     warning = splits_warning(job.splits)
     if warning:
-        log(f"warning: {warning}")
+        log(Text(f"warning: {warning.marked}"))
     if train:
         log(describe_recipe(choices, cfg.train))
     if cfg.data.test_samples < FULL_TEST:
@@ -384,7 +374,8 @@ def _fore_test(cfg: RunConfig, job: _Job, metrics: dict, evaluate, log) -> None:
     """metrics["before"]: from the fore-test cache with --reuse-fore-test when it holds this run's, else tested."""
     if not cfg.eval.reuse_fore_test or job.mauve is not None:
         if cfg.eval.reuse_fore_test:
-            log("note: --reuse-fore-test is not used with MAUVE (its before generations belong to this run)")
+            why = "its before generations belong to this run"
+            log(Text(f"note: {param('reuse_fore_test')} is not used with MAUVE ({why})"))
         evaluate("before")
         return
     key = fore_cache.fore_test_key(cfg, job.model, job.sets)

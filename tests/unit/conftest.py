@@ -49,6 +49,7 @@ def patch_runner(monkeypatch):
         patch_runner(model=model, tokenizer=tok, dataset=ds)       # always these
     """
     from abft import runner
+    from abft.analysis import setup
 
     def patch(model=None, tokenizer=None, dataset=None) -> list:
         from tiny_models import tiny_llama
@@ -62,7 +63,7 @@ def patch_runner(monkeypatch):
             loads.append(model if model is not None else tiny_llama(max_position_embeddings=512))
             return loads[-1], tok
 
-        monkeypatch.setattr(runner, "load_model", load_model)
+        monkeypatch.setattr(setup, "load_model", load_model)  # the runner loads through analysis.setup
         monkeypatch.setattr(runner, "load_any", lambda spec: dataset if dataset is not None else toy(n_cal=16))
         monkeypatch.setenv("ABFT_NO_PROGRESS", "1")
         monkeypatch.setattr("abft.report.html.write_report", lambda path: Path(path) / "report.html")

@@ -20,7 +20,8 @@ from tiny_models import tiny_llama  # noqa: E402
 from abft import distributed  # noqa: E402
 from abft.cli import main  # noqa: E402
 from abft.config import TrainConfig  # noqa: E402
-from abft.models.params import find_qk_slices, trained_tensors  # noqa: E402
+from abft.models.arch import find_qk_slices  # noqa: E402
+from abft.models.weights import trained_tensors  # noqa: E402
 from abft.train import train  # noqa: E402
 
 # E2E through LoRA adapters: every example has a gradient, so a process that skipped the gradient sum

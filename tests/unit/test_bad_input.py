@@ -24,7 +24,8 @@ from abft.checkpoint import load_checkpoint, save_checkpoint
 from abft.cli import main
 from abft.config import RunConfig
 from abft.errors import UserError
-from abft.models.params import find_qk_slices, save_delta
+from abft.models.arch import find_qk_slices
+from abft.models.weights import save_delta
 from abft.rundir import RunDir
 
 SMALL = ["--k", "2", "--train-samples", "8", "--pseudo-batch-size", "4", "--epochs", "1", "--test-samples", "8"]

@@ -46,3 +46,20 @@ def test_a_run_says_where_it_writes_and_what_it_loads_first(
     ]
     assert main(argv) == 0
     assert capsys.readouterr().out.splitlines()[0] == f"run directory {out}; loading {tiny_word_model_dir}"
+
+
+def test_log_lines_name_parameters_and_the_cli_words_them_as_flags(capsys):
+    """A library log line (errors.Text) reads as parameters; the CLI's log prints the same line with flags."""
+    from abft.cli.flags import say
+    from abft.config import TrainConfig
+    from abft.recipe import describe
+
+    line = describe({"recipe": "auto"}, TrainConfig(lr=1e-3, val_samples=6, val_every=2, keep="best"))
+    assert line.endswith("; the same with explicit settings: lr=0.001 val_samples=6 val_every=2 keep=best")
+    say()(line)
+    say()("a line without parameters")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == line.replace(
+        "lr=0.001 val_samples=6 val_every=2 keep=best", "--lr 0.001 --val-samples 6 --val-every 2 --keep best"
+    )
+    assert printed[1] == "a line without parameters"

@@ -26,7 +26,7 @@ from test_params import _snapshot
 from abft.analysis.heads import head_statistics
 from abft.attention import capture_last_row, use_last_row_attention
 from abft.config import TrainConfig
-from abft.models.params import find_qk_slices
+from abft.models.arch import find_qk_slices
 from abft.train import train
 
 pytestmark = [

@@ -24,9 +24,10 @@ from tiny_models import tiny_gpt2, tiny_llama
 
 from abft.errors import UserError
 from abft.export import export_merged, reproduce_command
+from abft.models.arch import find_qk_slices
 from abft.models.fingerprint import base_fingerprint
 from abft.models.lora import add_lora
-from abft.models.params import find_qk_slices, load_delta, read_meta, save_delta, save_trained
+from abft.models.weights import load_delta, read_meta, save_delta, save_trained
 
 IDS = [[1, 5, 9, 14, 30, 41, 7, 22, 3, 60, 12, 2]]  # any ids below the tiny vocabulary (100)
 

@@ -9,8 +9,9 @@ from tiny_models import tiny_gpt2, tiny_llama
 
 from abft.config import TrainConfig
 from abft.errors import UserError
+from abft.models.arch import find_qk_slices
 from abft.models.lora import add_lora, has_lora, merge_adapter, save_adapter
-from abft.models.params import find_qk_slices, load_delta, save_trained, trained_tensors
+from abft.models.weights import load_delta, save_trained, trained_tensors
 from abft.train import train
 
 BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2}

@@ -27,7 +27,7 @@ from abft.data import load_dataset
 from abft.errors import UserError
 from abft.evaluation import mauve as mv
 from abft.evaluation.generation import generate_continuations, text_features
-from abft.models.params import BaseWeights
+from abft.models.weights import BaseWeights
 
 pytest.importorskip("mauve", reason="mauve-text not installed (pip install 'abft[mauve]')")
 

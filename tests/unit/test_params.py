@@ -6,7 +6,9 @@ from tiny_models import BUILDERS, tiny_gpt2, tiny_llama
 from abft.analysis.heads import head_statistics
 from abft.config import TrainConfig
 from abft.errors import UserError
-from abft.models.params import find_qk_slices, load_delta, mark_trainable, save_delta
+from abft.models.arch import find_qk_slices
+from abft.models.trainable import mark_trainable
+from abft.models.weights import load_delta, save_delta
 from abft.train import train
 from abft.train.setup import masked_backward
 
@@ -116,6 +118,12 @@ def test_save_and_load_delta_round_trip(tmp_path, arch):
     assert torch.allclose(fresh(ids).logits, model(ids).logits, atol=1e-5)  # eager vs our sdpa path
     for (n, a), (_, b) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
         assert torch.equal(a, b), n
+
+
+def test_load_delta_at_its_old_readme_path():
+    from abft.models import params
+
+    assert params.load_delta is load_delta  # README.md gave abft.models.params before the split
 
 
 def test_load_delta_onto_wrong_model_fails(tmp_path):

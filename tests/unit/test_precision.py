@@ -6,7 +6,9 @@ from fake_prompts import LABEL_TOKENS, fake_prompts
 from tiny_models import tiny_llama
 
 from abft.config import TrainConfig
-from abft.models.params import find_qk_slices, mark_trainable, trained_tensors
+from abft.models.arch import find_qk_slices
+from abft.models.trainable import mark_trainable
+from abft.models.weights import trained_tensors
 from abft.train import train
 
 CFG = dict(lr=2e-4, pseudo_batch_size=4, micro_batch_size=4, epochs=2, head_filter=False, adaptive_penalty="none")

@@ -11,7 +11,8 @@ from tiny_models import tiny_llama
 from abft import data as D
 from abft.cli import main
 from abft.config import TrainConfig
-from abft.models.params import find_qk_slices, trained_tensors
+from abft.models.arch import find_qk_slices
+from abft.models.weights import trained_tensors
 from abft.recipe import PAPER_LORA_LR, PAPER_LR, RELATIVE_LR, qk_rms, resolve
 from abft.train import train
 from abft.validation import ValidationMonitor

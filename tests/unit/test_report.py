@@ -30,7 +30,8 @@ from abft.cli import main
 from abft.config import TrainConfig
 from abft.errors import UserError
 from abft.models import load_model
-from abft.models.params import find_qk_slices, trained_tensors
+from abft.models.arch import find_qk_slices
+from abft.models.weights import trained_tensors
 from abft.objectives import ABFTObjective
 from abft.report import figures
 from abft.report.html import write_report
@@ -336,7 +337,7 @@ def test_accuracy_figure_takes_every_protocols_accuracy_but_no_slopes():
 def test_interpolation_reads_a_lora_run_as_merged_weights(tmp_path):
     from abft.analysis.interpolation import run_weights
     from abft.models.lora import add_lora
-    from abft.models.params import save_trained
+    from abft.models.weights import save_trained
 
     trained = add_lora(tiny_llama(attn_implementation="sdpa"), r=2)
     with torch.no_grad():

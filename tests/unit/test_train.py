@@ -5,7 +5,8 @@ from tiny_models import tiny_llama
 from abft.analysis.heads import head_statistics
 from abft.config import TrainConfig
 from abft.control import PenaltyController
-from abft.models.params import find_qk_slices, trained_tensors
+from abft.models.arch import find_qk_slices
+from abft.models.weights import trained_tensors
 from abft.objectives import ABFTObjective
 from abft.train import train
 

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from abft import data as D
+from abft.cli.flags import worded
 from abft.data import userdata
 from abft.data.splits import describe_splits, splits_summary, splits_warning
 from abft.errors import UserError
@@ -57,7 +58,8 @@ def test_forty_rows_are_described_and_warned_about(tmp_path):
     )
     warning = splits_warning(desc)
     assert "\n" not in warning and warning.startswith("reviews: only 3 distinct test queries (fewer than 50)")
-    assert "reuse 3 queries (5.33 each" in warning and "lower --test-samples toward 6" in warning
+    assert "reuse 3 queries (5.33 each" in warning and "lower test_samples toward 6" in warning
+    assert "lower --test-samples toward 6" in worded(warning)  # as the CLI prints it
 
 
 def test_duplicate_texts_count_once_and_leaks_are_named(tmp_path):

@@ -134,7 +134,7 @@ def attention_ceiling(
     """`abft ceiling`: every (head set, edit) on `samples` validation prompts; writes ceiling.json."""
     from ..data import dataset_stem, validation_pairs
     from ..evaluation.protocols import prompt_metrics
-    from ..models.params import check_trained, load_delta
+    from ..models.weights import check_trained, load_delta
 
     if delta is not None:  # the run's own model, dataset, k, label-token mode and filter settings
         check_trained(delta)

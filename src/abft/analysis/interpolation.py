@@ -5,7 +5,7 @@
     result = interpolation_grid(model, prompts, label_ids, pad_id, n_classes, theta_a, theta_b, coords, base=base)
     result = interpolate_runs(run_e2e, run_abft, grid=5)    # `abft interpolate`: the two runs' files, the plane
 
-θ_A and θ_B are a run's trained W_Q/W_K (keyed as models.params.trained_tensors): its delta.safetensors or
+θ_A and θ_B are a run's trained W_Q/W_K (keyed as models.weights.trained_tensors): its delta.safetensors or
 its LoRA adapter, loaded onto the base model and read back (run_weights); every key is present in both.
 Each grid point is computed as (1 - a - b) θ0 + a θ_A + b θ_B in float64, so (0,0), (1,0), (0,1) give θ0,
 θ_A, θ_B exactly. The model is restored to θ0 afterwards.
@@ -25,7 +25,7 @@ from ..config import RunConfig
 from ..errors import UserError, param
 from ..evaluation import evaluate_prompts
 from ..limits import MAX_GRID, MAX_PROMPTS, check_at_least, check_at_most
-from ..models.params import BaseWeights, assign_qk, load_delta, trained_tensors
+from ..models.weights import BaseWeights, assign_qk, load_delta, trained_tensors
 from ..rundir import atomic_write, make_output_dir, read_run_config
 from .setup import load_setup
 
@@ -131,7 +131,7 @@ def interpolate_runs(
     log=print,
 ) -> dict:
     """`abft interpolate`: the grid, interpolation.json and interpolation.png in `output`."""
-    from ..models.params import check_trained
+    from ..models.weights import check_trained
     from ..report.figures import interpolation_figure
 
     run_a, run_b = Path(run_a), Path(run_b)

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..batching import collate
-from ..models.params import BaseWeights, QKSlice, trained_tensors
+from ..models.arch import QKSlice
+from ..models.weights import BaseWeights, trained_tensors
 from ..objectives import ABFTObjective
 from ..rundir import EXAMPLE_FILE, SHIFT_FILE, RunDir, read_run_config
 from .heads import label_forward
@@ -55,7 +56,7 @@ def summarise(rows: torch.Tensor, heads: torch.Tensor, mass: torch.Tensor, mean_
 
 
 def qk_shift(base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], slices: Sequence[QKSlice]) -> dict:
-    """Per-layer Frobenius norms of the change of W_Q and W_K (keys as in models.params.trained_tensors)."""
+    """Per-layer Frobenius norms of the change of W_Q and W_K (keys as in models.weights.trained_tensors)."""
     layers = sorted({s.layer for s in slices})
     row = {layer: i for i, layer in enumerate(layers)}
     out = {key: [0.0] * len(layers) for key in ("q", "k", "q_relative", "k_relative")}
@@ -124,7 +125,7 @@ class RunSnapshot:
 def recompute_snapshot(run: Path, log=print) -> None:
     """example_attention.json and qk_shift.json from the base model and the run's trained weights."""
     from ..data import test_pairs
-    from ..models.params import check_trained, load_delta
+    from ..models.weights import check_trained, load_delta
 
     check_trained(run)  # before the config: "no trained weights" is the more useful refusal
     cfg = read_run_config(run)

@@ -3,15 +3,17 @@
 add_fields(parser, TrainConfig, "train.")       # --lr, --epochs, ... with their --help text
 cfg = config_from_args(args)                    # the RunConfig of a parsed `abft run`
 print(worded(error, parser))                    # "lora_r must be ..." -> "--lora-r must be ..."
+run(cfg, log=say(parser))                       # a run's log lines (errors.Text) with flags too
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 
 from ..config import SECTIONS, RunConfig
-from ..errors import UserError
+from ..errors import Text, UserError
 
 RESUME_FLAGS = {"train.lr": "--lr"}  # what --resume may change: a lower lr after "loss became nan ... lower --lr"
 
@@ -105,9 +107,9 @@ def config_flag(dest: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def worded(error: UserError, parser: argparse.ArgumentParser | None = None) -> str:
-    """The message of `error` with each parameter written as the flag that sets it: the option of `parser`
-    (the parsed subcommand) whose dest ends in that name, else the config field's flag."""
+def worded(error: UserError | Text, parser: argparse.ArgumentParser | None = None) -> str:
+    """The message of `error` (or a log line) with each parameter written as the flag that sets it: the option
+    of `parser` (the parsed subcommand) whose dest ends in that name, else the config field's flag."""
     actions = {}
     for action in getattr(parser, "_actions", []):  # argparse lists its actions nowhere public
         if action.option_strings:
@@ -122,6 +124,11 @@ def worded(error: UserError, parser: argparse.ArgumentParser | None = None) -> s
         return f"{option} {value}"
 
     return error.worded(word)
+
+
+def say(parser: argparse.ArgumentParser | None = None) -> Callable[[str], None]:
+    """The `log` the library is given: print each line, a Text's parameters worded as `parser`'s flags."""
+    return lambda line: print(worded(line, parser) if isinstance(line, Text) else line)
 
 
 def resume_changes(args, defaults: dict) -> dict:

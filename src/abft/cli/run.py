@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import SECTIONS, DataConfig, EvalConfig, ModelConfig, RunConfig
 from ..objectives import OBJECTIVES
-from .flags import add_fields, config_from_args, resume_changes
+from .flags import add_fields, config_from_args, resume_changes, say
 
 
 def register(sub) -> None:
@@ -68,11 +68,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..runner import resume, run
 
     if args.resume:
-        resume(args.resume, changes=resume_changes(args, vars(args.parser.parse_args([]))))
+        changes = resume_changes(args, vars(args.parser.parse_args([])))
+        resume(args.resume, log=say(args.parser), changes=changes)
         write_report(args.resume)
     else:
         cfg = config_from_args(args)
-        run(cfg, train=True, overwrite=args.overwrite)
+        run(cfg, train=True, overwrite=args.overwrite, log=say(args.parser))
         write_report(cfg.output)
     return 0
 
@@ -82,7 +83,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..runner import run
 
     cfg = config_from_args(args)
-    metrics = run(cfg, train=False, overwrite=args.overwrite)
+    metrics = run(cfg, train=False, overwrite=args.overwrite, log=say(args.parser))
     write_report(cfg.output)
     if is_main():  # once under torchrun / accelerate launch
         print(json.dumps(metrics["before"], indent=2))
@@ -103,7 +104,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..sweep import sweep
 
-    sweep(config_from_args(args), args.sizes, args.methods, overwrite=args.overwrite, on_run=write_report)
+    cfg = config_from_args(args)
+    sweep(cfg, args.sizes, args.methods, overwrite=args.overwrite, log=say(args.parser), on_run=write_report)
     return 0
 
 

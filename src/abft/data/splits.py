@@ -15,6 +15,7 @@ is warned about too (StaICC's fixed splits have a few; they are recorded, not wa
 
 from __future__ import annotations
 
+from ..errors import Text, param
 from .staicc import Dataset
 
 MIN_TEST_QUERIES = 50
@@ -72,7 +73,7 @@ def splits_summary(desc: dict) -> str:
     return line
 
 
-def splits_warning(desc: dict, min_queries: int = MIN_TEST_QUERIES) -> str | None:
+def splits_warning(desc: dict, min_queries: int = MIN_TEST_QUERIES) -> Text | None:
     """One line naming every problem of the test set (no prefix: the caller writes `warning: ...`), or None."""
     problems = []
     queries = desc.get("test_prompt_queries", desc["test_distinct_queries"])
@@ -82,7 +83,7 @@ def splits_warning(desc: dict, min_queries: int = MIN_TEST_QUERIES) -> str | Non
         problems.append(
             f"the {desc['test_prompts']} test prompts reuse {queries} queries ({desc['prompts_per_query']:g} each, "
             f"StaICC's protocol {STAICC_REUSE}); they are not independent, so the standard error understates the "
-            f"uncertainty: lower --test-samples toward {STAICC_REUSE * queries} or add test rows"
+            f"uncertainty: lower {param('test_samples')} toward {STAICC_REUSE * queries} or add test rows"
         )
     if desc.get("made_by") != "staicc" and desc.get("test_queries_in_other_splits"):
         problems.append(
@@ -91,4 +92,4 @@ def splits_warning(desc: dict, min_queries: int = MIN_TEST_QUERIES) -> str | Non
         )
     if not problems:
         return None
-    return f"{desc['dataset']}: " + "; ".join(problems)
+    return Text(f"{desc['dataset']}: " + "; ".join(problems))

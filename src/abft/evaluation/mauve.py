@@ -46,7 +46,7 @@ import numpy as np
 
 from abft.errors import UserError, param
 from abft.models.context import check_context
-from abft.models.params import BaseWeights
+from abft.models.weights import BaseWeights
 from abft.rundir import atomic_write
 
 from .generation import DECODINGS, generate_continuations, text_features
@@ -299,5 +299,5 @@ def prepare(model, tokenizer, dataset, cfg, base: BaseWeights | None = None) -> 
     test = MauveTest(tokenizer, items, source, cfg, base)
     longest_generated = max(map(len, test.prefix_ids)) + ev.mauve_max_new_tokens  # a prefix and all its new tokens
     lengths = [longest_generated, *map(len, test.reference_ids)]
-    check_context(model, lengths, "a MAUVE text", "use shorter prefixes or a lower --mauve-max-new-tokens")
+    check_context(model, lengths, "a MAUVE text", f"use shorter prefixes or a lower {param('mauve_max_new_tokens')}")
     return test

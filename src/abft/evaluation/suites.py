@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 
 from abft.data import Dataset
-from abft.errors import param
 from abft.models.context import check_context
 
 from .generalization import format_generalization_table, generalization_table
@@ -173,9 +172,7 @@ def check_suites(model, tokenizer, dataset: Dataset, cfg, normal: tuple | None =
     built = build_sets(tokenizer, dataset, cfg, normal)
     for key, sets in built.items():
         for name, s in sets.items():
-            check_context(
-                model, s.prompts, f"a {key} prompt" + (f" ({name})" if name != key else ""), f"lower {param('k')}"
-            )
+            check_context(model, s.prompts, f"a {key} prompt" + (f" ({name})" if name != key else ""))
     return built
 
 

@@ -45,6 +45,10 @@ class QKSlice:
     def head_rows(self, head: int) -> slice:
         return slice(self.start + head * self.head_dim, self.start + (head + 1) * self.head_dim)
 
+    def select(self, tensor: torch.Tensor, is_bias: bool = False) -> torch.Tensor:
+        """This slice's part (a view) of its whole weight, or of its bias (`is_bias`: features on axis 0)."""
+        return tensor.narrow(0 if is_bias else self.out_dim, self.start, self.stop - self.start)
+
 
 def _head_counts(config) -> tuple[int, int, int]:
     config = config.get_text_config() if hasattr(config, "get_text_config") else config

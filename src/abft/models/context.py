@@ -3,7 +3,7 @@
 ``check_context(model, lengths_or_prompts, what, hint)`` raises :class:`abft.errors.UserError` when the longest item is
 longer than the model's ``max_position_embeddings`` (models without that setting are not checked). Items are token
 counts (ints) or objects with ``input_ids`` (e.g. ``Prompt``); ``what`` names them in the message ("a prompt",
-"a template prompt (normal)", "a MAUVE text") and ``hint`` says what to change ("lower --k").
+"a template prompt (normal)", "a MAUVE text") and ``hint`` says what to change (by default: lower k).
 
     check_context(model, [len(ids) for ids in texts], "a MAUVE text", "use shorter prefixes")
     -> UserError: a MAUVE text has 2100 tokens, more than the model's context of 2048; use shorter prefixes
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..errors import UserError
+from ..errors import UserError, param
 
 
 def context_limit(model) -> int | None:
@@ -21,7 +21,9 @@ def context_limit(model) -> int | None:
     return getattr(model.config.get_text_config(), "max_position_embeddings", None)
 
 
-def check_context(model, lengths_or_prompts: Iterable, what: str = "a prompt", hint: str = "lower --k") -> None:
+def check_context(
+    model, lengths_or_prompts: Iterable, what: str = "a prompt", hint: str = f"lower {param('k')}"
+) -> None:
     """Raise UserError if the longest of `lengths_or_prompts` (ints or objects with `input_ids`) exceeds the context."""
     limit = context_limit(model)
     if not limit:

@@ -1,7 +1,7 @@
 """LoRA adapters (peft) on the query and key projections only, for ABFT and E2E.
 
     add_lora(model, r=16, alpha=32.0, dropout=0.0)   # in place: q_proj/k_proj (or GPT-2's c_attn) get LoRA
-    params = mark_trainable(model, find_qk_slices(model))   # then trains lora_A / lora_B only (models.params)
+    params = mark_trainable(model, find_qk_slices(model))   # then trains lora_A / lora_B only (models.trainable)
     save_adapter(model, run_dir / "adapter")         # peft.PeftModel.from_pretrained(base, that dir) loads it
     merge_adapter(model, run_dir / "adapter")        # base model + adapter -> the trained W_Q/W_K, in place
 

@@ -4,7 +4,7 @@
 
 One optimiser step per pseudo-batch (gradient accumulation over micro-batches of similar length), Adam
 with a constant learning rate, prompts reshuffled every epoch by `seed`. Only W_Q / W_K are trained
-(see models.params), directly or through LoRA adapters (`cfg.lora_r`, models.lora). After each step the
+(see models.trainable), directly or through LoRA adapters (`cfg.lora_r`, models.lora). After each step the
 penalty controller sees the mean induction-head count.
 
 Several processes (torchrun / accelerate launch, see abft.distributed): every process follows the same

@@ -11,8 +11,9 @@ from .. import distributed
 from ..attention import use_last_row_attention
 from ..config import TrainConfig, check_restricted_gradient
 from ..errors import UserError, param
+from ..models.arch import QKSlice, find_qk_slices
 from ..models.lora import add_lora, has_lora
-from ..models.params import QKSlice, TrainableParams, find_qk_slices, mark_trainable, zero_inactive_heads
+from ..models.trainable import TrainableParams, mark_trainable, zero_inactive_heads
 from ..recipe import resolve as resolve_recipe
 
 

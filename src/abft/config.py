@@ -39,7 +39,7 @@ class ModelConfig:
     )
     quantized: bool = opt(
         False,
-        "4-bit NF4 base with bf16 compute (bitsandbytes, CUDA only); training then goes through LoRA "
+        "4-bit NF4 base with bf16 compute (bitsandbytes, CUDA only); `abft run` then trains LoRA adapters "
         "(--lora-r, 16 if not given)",
     )
     fsdp: bool = opt(
@@ -81,8 +81,10 @@ class TrainConfig:
         choices=["auto", "paper"],
     )
     lr: float | None = opt(None, "Adam learning rate, constant (default: from --recipe)")
-    pseudo_batch_size: int = opt(32, "examples per optimiser step (gradient accumulation)")
-    micro_batch_size: int = opt(8, "examples per forward/backward pass (memory vs speed; does not change the step)")
+    pseudo_batch_size: int = opt(32, "training prompts per optimiser step (accumulated over micro-batches)")
+    micro_batch_size: int = opt(
+        8, "training prompts per forward/backward pass (memory vs speed; does not change the step)"
+    )
     epochs: int = opt(2, "passes over the training prompts")
     reward: float = opt(1.0, "B: weight of (1 - attention) on correct-label tokens", flag="--correct-label-reward")
     penalty: float = opt(0.5, "A_0: weight of attention on wrong-label tokens", flag="--wrong-label-penalty")
@@ -186,7 +188,9 @@ class EvalConfig:
         "reuse the before metrics of an earlier run of the same base model, prompts and evaluation settings "
         "(cached in $ABFT_CACHE/fore-test; not with MAUVE)",
     )
-    eval_batch_size: int = opt(16, "prompts per scoring pass")
+    eval_batch_size: int = opt(
+        16, "prompts per forward pass when scoring (test, validation, calibration, MAUVE; memory vs speed)"
+    )
     test_type: tuple = opt(
         ("normal",),
         "tests before/after training, several allowed: normal (accuracy on the test prompts), template "
@@ -238,7 +242,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = opt(0, "seed of training-prompt sampling, shuffling and initialisation")
+    seed: int = opt(0, "seed of training-prompt sampling and order, LoRA initialisation and MAUVE sampling")
     save: bool = opt(True, "save the trained W_Q/W_K tensors", negate="--no-save")
     output: str | None = opt(None, "run directory (default: runs/<dataset>-<method>-<time>)")
     checkpoint_every: int = opt(1, "optimiser steps between checkpoints (resume with `abft run --resume DIR`)")

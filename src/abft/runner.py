@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import distributed
@@ -247,20 +248,22 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     timings = job.timings
     t0 = time.perf_counter()
 
-    def evaluate(stage: str) -> None:  # the normal test (its metrics at the top of the stage), then the others
+    def evaluate(stage: str) -> np.ndarray | None:  # the normal test (metrics at the stage's top), the others
         cache = suites.ScoreCache()  # holds the normal test's label distributions afterwards
         result = suites.run_suites(
             model, tokenizer, job.dataset, cfg, sets=job.sets, cache=cache, stage=stage, log=log, timings=timings
         )
         metrics[stage] = result
-        _write_predictions(job, out, stage, cache)
+        probs = _normal_probs(job, cache)
+        _write_predictions(job, out, stage, probs)
         if job.mauve is not None:
             result["mauve"] = job.mauve.run(model, stage, out.path, log=log, timings=timings)
         out.write_json(METRICS_FILE, metrics)
         out.write_json(TIMINGS_FILE, timings)
+        return probs
 
     if (cfg.eval.fore_test or not train) and "before" not in metrics:
-        _fore_test(cfg, job, metrics, evaluate, log)
+        _fore_test(cfg, job, out, metrics, evaluate, log)
         out.write_json(METRICS_FILE, metrics)
     if train:
         _train(cfg, job, out, metrics, evaluate, log)
@@ -324,13 +327,20 @@ def _train(cfg: RunConfig, job: _Job, out: RunDir, metrics: dict, evaluate, log)
     shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def _write_predictions(job: _Job, out: RunDir, stage: str, cache: suites.ScoreCache) -> None:
-    """predictions_<stage>.jsonl: the normal test's per-prompt outputs, read from the stage's score cache (no
-    second forward); after training each record says whether its prediction flipped (predictions_before's)."""
+def _normal_probs(job: _Job, cache: suites.ScoreCache) -> np.ndarray | None:
+    """The normal test's (N, C) label distributions from the stage's score cache (no second forward), or None
+    when the normal test was not selected."""
     labels = job.builder.label_token_ids
-    if not job.test or ScoreCache.key(job.test[0], labels) not in cache:  # the normal test was not selected
+    if not job.test or ScoreCache.key(job.test[0], labels) not in cache:
+        return None
+    return Scorer(job.model, job.tokenizer.pad_token_id, cache=cache).probs(job.test, labels)
+
+
+def _write_predictions(job: _Job, out: RunDir, stage: str, probs: np.ndarray | None) -> None:
+    """predictions_<stage>.jsonl: the normal test's per-prompt outputs from its label distributions `probs`
+    (None: not selected); after training each record says whether its prediction flipped (predictions_before's)."""
+    if probs is None:
         return
-    probs = Scorer(job.model, job.tokenizer.pad_token_id, cache=cache).probs(job.test, labels)
     before_file = out.file(PREDICTIONS_FILE.format(stage="before"))
     before = read_jsonl(before_file.read_text()) if stage != "before" and before_file.is_file() else None
     records = prediction_records(probs, job.test, job.builder.label_words, before)
@@ -370,7 +380,7 @@ def summary_table(metrics: dict) -> str | None:
     return "\n".join(lines)
 
 
-def _fore_test(cfg: RunConfig, job: _Job, metrics: dict, evaluate, log) -> None:
+def _fore_test(cfg: RunConfig, job: _Job, out: RunDir, metrics: dict, evaluate, log) -> None:
     """metrics["before"]: from the fore-test cache with --reuse-fore-test when it holds this run's, else tested."""
     if not cfg.eval.reuse_fore_test or job.mauve is not None:
         if cfg.eval.reuse_fore_test:
@@ -379,15 +389,26 @@ def _fore_test(cfg: RunConfig, job: _Job, metrics: dict, evaluate, log) -> None:
         evaluate("before")
         return
     key = fore_cache.fore_test_key(cfg, job.model, job.sets)
-    cached = distributed.broadcast_object(fore_cache.load(key) if distributed.is_main() else None)
+    cached = distributed.broadcast_object(distributed.on_main(lambda: _cached_fore_test(cfg, job, key, log)))
     if cached is not None:
         log(f"before: reused from the fore-test cache ({key})")
-        suites.log_stage(cfg, cached, "before", log)
-        metrics["before"] = cached
+        suites.log_stage(cfg, cached.before, "before", log)
+        metrics["before"] = cached.before
+        _write_predictions(job, out, "before", cached.probs)
         job.timings["before_reused"] = key
         return
-    evaluate("before")
-    distributed.on_main(lambda: fore_cache.store(key, metrics["before"]))
+    probs = evaluate("before")
+    distributed.on_main(lambda: fore_cache.store(key, metrics["before"], probs))
+
+
+def _cached_fore_test(cfg: RunConfig, job: _Job, key: str, log) -> fore_cache.Entry | None:
+    """The cache's entry for `key` if it fits this run; an entry that does not is ignored, with one line."""
+    golds = [p.gold for p in job.test] if "normal" in job.sets else None
+    try:
+        return fore_cache.load(key, cfg, golds, len(job.builder.label_words))
+    except fore_cache.BadEntry as exc:
+        log(f"note: fore-test cache entry {key} ignored ({exc}); testing again")
+        return None
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}

@@ -20,7 +20,6 @@ from .config import RunConfig
 from .data import dataset_stem
 from .errors import UserError, param
 from .objectives import OBJECTIVES
-from .rundir import METRICS_FILE, RunDir, default_output
 
 SIZES = (32, 128, 256, 512, 1024)
 METHODS = ("abft", "e2e")  # the default methods; any registered objective may be swept
@@ -37,6 +36,8 @@ def sweep(
 ) -> dict:
     """Run every (method, size) and return sweep.json's content: before accuracy and one row per run.
     `on_run(run_dir)` after each run made or resumed here (the CLI writes its report)."""
+    from .rundir import RunDir, default_output  # here too: rundir imports torch (distributed)
+
     if not sizes or any(n < 1 for n in sizes):
         raise UserError(f"{param('sizes')} must be positive training-set sizes, got {list(sizes)}")
     if not methods or any(m not in OBJECTIVES for m in methods):
@@ -83,6 +84,7 @@ def sweep(
 
 def _run_or_reuse(cfg: RunConfig, overwrite: bool, log, on_run) -> dict:
     from . import runner  # here: `abft --help` builds this module's parser without loading torch's stack
+    from .rundir import METRICS_FILE, RunDir
 
     run = RunDir(Path(cfg.output))
     state = None if overwrite else run.state()

@@ -101,13 +101,13 @@ def test_functions_are_short():
 
 
 def test_building_the_cli_parser_loads_no_model_stack():
-    """`abft --help` stays quick: the parser needs settings and registries, not transformers or matplotlib."""
+    """`abft --help` stays quick (0.3 s, was 3.4 s with torch): the parser needs settings and registries, not
+    torch, transformers or matplotlib."""
     import subprocess
     import sys
 
-    code = (
-        "import sys; from abft.cli import build_parser; build_parser(); "
-        "print(sorted(m for m in ('transformers', 'matplotlib', 'abft.attention', 'abft.runner') if m in sys.modules))"
-    )
+    heavy = ("torch", "transformers", "matplotlib", "abft.attention", "abft.runner")
+    code = "import sys; from abft.cli import build_parser; build_parser(); "
+    code += f"print([m for m in {heavy} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

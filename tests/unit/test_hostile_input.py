@@ -440,6 +440,42 @@ def test_fore_test_cache_entry_of_the_wrong_shape_is_a_miss(capsys, tmp_path, mo
         assert entry.read_text() == good  # rewritten by the fresh fore-test
 
 
+def test_fore_test_cache_entry_that_does_not_fit_is_ignored_with_one_line(
+    capsys, tmp_path, model_dir, data_csv, private_cache
+):
+    """Entries with a valid digest (anyone can compute one) but per-prompt probabilities or a before block that
+    do not fit the run: one note, a fresh fore-test, predictions_before.jsonl written either way."""
+    from abft.evaluation import fore_cache
+
+    assert main(_run(model_dir, data_csv, tmp_path / "a", "--reuse-fore-test", "--no-post-test")) == 0
+    (path,) = (private_cache / "fore-test").glob("*.json")
+    good, entry = path.read_text(), json.loads(path.read_text())
+    before, probs = entry["before"], entry["probs"]
+    predictions = (tmp_path / "a" / "predictions_before.jsonl").read_text()
+    bad = [
+        (before, probs[:-1]),  # one prompt short
+        (before, [[str(x) for x in row] for row in probs]),  # strings
+        (before, [[2 * x for x in row] for row in probs]),  # not distributions
+        (before, [row[::-1] for row in probs]),  # other predictions than its accuracy says
+        ({k: v for k, v in before.items() if k != "macro_f1"}, probs),  # a field the log line reads
+        (before, None),  # no per-prompt probabilities
+    ]
+    capsys.readouterr()
+    for i, (b, p) in enumerate([(before, probs), *bad]):
+        path.write_text(json.dumps({"sha256": fore_cache._digest(b, p), "before": b, "probs": p}) + "\n")
+        out = tmp_path / f"run{i}"
+        assert main(_run(model_dir, data_csv, out, "--reuse-fore-test", "--no-post-test")) == 0
+        printed = capsys.readouterr()
+        notes = [line for line in printed.out.splitlines() if "fore-test cache entry" in line]
+        assert len(notes) == (i > 0) and ("reused from the fore-test cache" in printed.out) == (i == 0)
+        assert "Traceback" not in printed.err and path.read_text() == good
+        assert (out / "predictions_before.jsonl").read_text() == predictions
+    path.unlink()
+    os.mkfifo(path)  # would block a plain read
+    assert main(_run(model_dir, data_csv, tmp_path / "fifo", "--reuse-fore-test", "--no-post-test")) == 0
+    assert "ignored (not a regular file)" in capsys.readouterr().out and path.read_text() == good
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -75,8 +75,9 @@ def test_small_numbers_keep_their_digits():
 
 def test_config_once_with_readable_lr_and_a_title_without_the_repeated_word(tmp_path):
     page = _page(_run(tmp_path))
-    assert '<td>train.lr</td><td class="num">3e-04</td>' in page  # was 0.0000
-    assert "<td>train.pid</td><td>0.0300, 5e-03, 5e-03</td>" in page
+    assert '<td>train.lr</td><td class="num">0.0003</td>' in page  # as config.json has it (was 0.0000)
+    assert "<td>train.pid</td><td>0.03 0.005 0.005</td>" in page  # as typed after --pid
+    assert '<td>train.penalty</td><td class="num">0.5</td>' in page  # not 0.5000
     assert "<title>abft report: ABFT training on reviews</title>" in page
     assert "<h1>abft report: ABFT training on reviews</h1>" in page and "abft abft" not in page
     assert page.count("train.lr") == 1 and "<pre>" not in page  # the config once, as a table
@@ -189,3 +190,22 @@ def test_data_splits_of_another_shape_still_render(tmp_path, splits):
     (run / "metrics.json").write_text(json.dumps(metrics))
     page = _page(run)
     assert "<h1>abft report" in page and ("<h2>Data</h2>" in page) == (isinstance(splits, dict) and bool(splits))
+
+
+def test_tables_have_no_python_reprs_empty_headers_or_meaningless_changes(tmp_path):
+    run = _run(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["validation"] = {
+        "prompts": 8,
+        "kept_step": 2,
+        "curve": [{"step": 0, "accuracy": 0.5}, {"step": 2, "accuracy": 0.75}],
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "timings.json").write_text(json.dumps({"train_seconds": 1696.98, "before_reused": "abc"}))
+    page = _page(run)
+    assert '<table id="summary">\n<tbody>' in page and "<th></th><th></th>" not in page  # key: value, no header
+    assert "{'step'" not in page and "<th>step</th><th>accuracy</th>" in page  # the curve as a table
+    for key in ("accuracy_se", "prompts"):  # the change of a count or a standard error means nothing
+        assert re.search(rf"<tr><td>{key}</td>(<td[^>]*>[^<]*</td>){{2}}<td></td></tr>", page)
+    assert '<td>accuracy</td><td class="num">0.6250</td><td class="num">0.7500</td><td class="num">0.1250</td>' in page
+    assert '<td>train_seconds</td><td class="num">1696.98</td>' in page

@@ -471,6 +471,9 @@ def test_reuse_fore_test_hits_only_for_the_same_base_model_prompts_and_settings(
     capsys.readouterr()
     second, reused = run("e2e", "--method", "e2e", "--lr", "1e-2")  # training settings do not matter
     assert reused and second == first
+    predictions = lambda name, stage: (tmp_path / name / f"predictions_{stage}.jsonl").read_text()  # noqa: E731
+    assert predictions("e2e", "before") == predictions("abft", "before")  # the cache's, exactly
+    assert '"flipped"' in predictions("e2e", "after")
     printed = capsys.readouterr().out
     assert "reused from the fore-test cache" in printed and "template consistency" in printed
     assert not run("other-weights", model=tiny_llama(seed=1, max_position_embeddings=512))[1]

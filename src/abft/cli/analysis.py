@@ -25,7 +25,6 @@ HEADS_FLAGS = (
     ("--induction-sequences", int, "repeated random sequences"),
     ("--induction-threshold", float, "list heads whose prefix-matching score exceeds this"),
     ("--log-base", str, "log base of ABFT's threshold k/(k + log n_t)"),
-    ("--batch-size", int, "prompts per forward"),
 )
 
 
@@ -34,6 +33,16 @@ def add_model_and_data_flags(parser) -> None:
     training or test sizes)."""
     add_fields(parser, ModelConfig, "model.", skip={"fsdp"})
     add_fields(parser, DataConfig, "data.", skip={"train_samples", "test_samples"})
+
+
+def add_eval_batch_size(group, default: int) -> None:
+    """--eval-batch-size, as `abft run` and `interpolate` name the prompts of one gradient-free forward
+    (dest batch_size: the analysis functions' parameter); --batch-size, its old name, still works unlisted."""
+    text = f"prompts per forward pass (memory vs speed) (default: {default})"
+    group.add_argument(
+        "--eval-batch-size", dest="batch_size", metavar="EVAL_BATCH_SIZE", type=int, default=default, help=text
+    )
+    group.add_argument("--batch-size", dest="batch_size", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def register(sub) -> None:
@@ -72,14 +81,18 @@ def register(sub) -> None:
         description="Per (layer, head): label-attention magnitude and correctness on calibration prompts "
         "(ABFT's filter and the circuit threshold), and the induction score on repeated random tokens.",
     )
-    add_model_and_data_flags(heads)
-    add_fields(heads, RunConfig, "", skip={"save", "output"})
+    add_model_and_data_flags(heads)  # and only heads' own settings: it trains nothing
     group = heads.add_argument_group("heads")
     defaults = HeadsOptions()
     for flag, kind, text in HEADS_FLAGS:
         default = getattr(defaults, flag[2:].replace("-", "_"))
         choices = ["e", "2", "10"] if flag == "--log-base" else None
         group.add_argument(flag, type=kind, default=default, choices=choices, help=f"{text} (default: {default})")
+    seed = RunConfig().seed
+    group.add_argument(
+        "--seed", type=int, default=seed, help=f"seed of the calibration prompts and random sequences (default: {seed})"
+    )
+    add_eval_batch_size(group, defaults.batch_size)
     group.add_argument("--output", default=None, help="output directory (default: runs/heads-<model>-<dataset>-<time>)")
     heads.set_defaults(func=cmd_heads, parser=heads)
 
@@ -101,14 +114,7 @@ def register(sub) -> None:
         help="a and b from LOW to HIGH (default: 0 1)",
     )
     inter.add_argument("--test-samples", type=int, default=128, help="first N StaICC test prompts (default: 128)")
-    inter.add_argument(
-        "--eval-batch-size",
-        dest="batch_size",
-        metavar="EVAL_BATCH_SIZE",
-        type=int,
-        default=16,
-        help="prompts per scoring pass (default: 16)",
-    )
+    add_eval_batch_size(inter, 16)
     inter.add_argument("--output", default=None, help="output directory (default: next to RUN_ABFT)")
     inter.set_defaults(func=cmd_interpolate, parser=inter)
 
@@ -137,7 +143,7 @@ def register_ceiling(sub) -> None:
         help="apply a run's trained W_Q/W_K (or adapter) first; the run's model, dataset, k, label-token mode "
         "and filter settings replace those flags",
     )
-    group.add_argument("--batch-size", type=int, default=16, help="prompts per forward (default: 16)")
+    add_eval_batch_size(group, 16)
     group.add_argument("--output", default=None, help="output directory (default: runs/ceiling-<dataset>-<time>)")
     parser.set_defaults(func=cmd_ceiling, parser=parser)
 

@@ -32,7 +32,7 @@ def register(sub) -> None:
     add_fields(ev, ModelConfig, "model.")
     add_fields(ev, DataConfig, "data.", skip={"train_samples"})
     add_fields(ev, EvalConfig, "eval.", skip={"fore_test", "post_test"})
-    add_fields(ev, RunConfig, "", skip={"save"})
+    add_fields(ev, RunConfig, "", skip={"save", "checkpoint_every"})  # nothing trains
     ev.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     ev.set_defaults(func=cmd_evaluate, parser=ev)
 
@@ -55,10 +55,19 @@ def register_sweep(sub) -> None:
     add_fields(parser, RunConfig, "")
     group = parser.add_argument_group("sweep")
     group.add_argument(
-        "--sizes", type=int, nargs="+", default=list(SIZES), metavar="N", help=f"training-set sizes (default: {SIZES})"
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=list(SIZES),
+        metavar="N",
+        help=f"training-set sizes (default: {' '.join(map(str, SIZES))})",
     )
     group.add_argument(
-        "--methods", nargs="+", choices=OBJECTIVES.keys(), default=list(METHODS), help=f"methods (default: {METHODS})"
+        "--methods",
+        nargs="+",
+        choices=OBJECTIVES.keys(),
+        default=list(METHODS),
+        help=f"methods (default: {' '.join(METHODS)})",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing run directories")
     parser.set_defaults(func=cmd_sweep, parser=parser)

@@ -1,15 +1,18 @@
 """The fore-test of an unchanged base model, reused across runs: `--reuse-fore-test`.
 
     key = fore_test_key(cfg, model, sets)   # sets: the run's prompt sets (suites.check_suites)
-    before = load(key)      # None on a miss
-    store(key, before)      # after computing it
+    entry = load(key, cfg, golds, classes)  # None on a miss; BadEntry for an entry that does not fit
+    store(key, before, probs)               # after computing it
 
 Training runs that differ only in their training settings (ABFT vs E2E, a learning-rate or data-size sweep)
 test the same base model on the same prompts; with the flag only the first of them pays for it. The key
 hashes everything the `before` metrics depend on: the loaded weights (per-tensor sums), the test prompts'
 token ids, the data, model and evaluation settings, the seed, and the code (abft's source files, the
 versions of torch, transformers and StaICC). Any change is a miss, never a stale hit. Entries are the
-`before` block of metrics.json with its digest, in $ABFT_CACHE/fore-test/<key>.json.
+`before` block of metrics.json and the normal test's per-prompt label distributions (predictions_before.jsonl)
+with their digest, in $ABFT_CACHE/fore-test/<key>.json. The directory is the user's and its files anyone's, so
+a read entry is checked before use (BadEntry): its digest, the probabilities' shape and values, their agreement
+with the block's accuracy, and the fields the selected protocols' log lines read.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -26,6 +30,7 @@ import torch
 from .. import distributed
 from ..models.loading import cache_root
 from ..rundir import atomic_write
+from . import metrics, suites
 
 # Settings that do not change the before metrics. (Runs with MAUVE never use the cache: their before
 # generations belong to the run directory and their features to the after stage.)
@@ -95,27 +100,74 @@ def _path(key: str) -> Path:
     return cache_root() / "fore-test" / f"{key}.json"
 
 
-def load(key: str) -> dict | None:
-    """The cached `before` block, or None: missing, unreadable or altered entries (their digest does not match
-    their content, so a hand-edited or foreign file of the wrong shape) are misses, overwritten by `store`."""
+class BadEntry(ValueError):
+    """A cache entry this code did not write for its key (edited, foreign, of another shape); str(): why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    before: dict  # metrics.json's "before" block
+    probs: np.ndarray | None  # (N, C) label distributions of the normal test's prompts; None: not selected
+
+
+def load(key: str, cfg, golds: Sequence[int] | None, classes: int) -> Entry | None:
+    """The cached fore-test of `key`, or None when there is none. `golds`: the normal test's gold labels (None
+    when it is not selected), `classes`: the number of label words. Raises BadEntry for an entry that is
+    unreadable or altered (its digest does not match its content), or does not fit this run."""
+    path = _path(key)
+    if not path.exists():
+        return None
+    if not path.is_file():  # a directory, or a FIFO that would block the read
+        raise BadEntry("not a regular file")
     try:
-        entry = json.loads(_path(key).read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(entry, dict) or not isinstance(entry.get("before"), dict):
-        return None
-    return entry["before"] if entry.get("sha256") == _digest(entry["before"]) else None
+        text = path.read_text()
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8
+        raise BadEntry(f"unreadable ({exc.__class__.__name__})") from None
+    try:
+        entry = json.loads(text)
+        valid = isinstance(entry, dict) and isinstance(entry.get("before"), dict)
+        valid = valid and entry.get("sha256") == _digest(entry["before"], entry.get("probs"))
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to hash
+        valid = False
+    if not valid:
+        raise BadEntry("not JSON abft wrote, or edited since")
+    before = entry["before"]
+    probs = None if golds is None else _probs(entry.get("probs"), golds, classes, before)
+    try:  # a digest anyone can compute proves nothing about shapes: the fields the run reads must be there
+        suites.stage_lines(cfg, before)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        raise BadEntry("its before block lacks fields of the selected tests") from None
+    return Entry(before, probs)
 
 
-def _digest(before: dict) -> str:
-    return hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+def _probs(rows, golds: Sequence[int], classes: int, before: dict) -> np.ndarray:
+    """`rows` as (len(golds), classes) label distributions whose accuracy and count are the block's."""
+    n = len(golds)
+    numbers = isinstance(rows, list) and len(rows) == n
+    numbers = numbers and all(isinstance(r, list) and len(r) == classes for r in rows)
+    if not (numbers and all(type(x) in (int, float) for r in rows for x in r)):  # no strings, bools or nulls
+        raise BadEntry(f"its per-prompt probabilities are not {n} x {classes} numbers")
+    probs = np.asarray(rows, dtype=np.float64)
+    try:
+        acc = metrics.accuracy(probs, np.asarray(golds, dtype=np.int64))
+    except ValueError:  # NaN, out of [0, 1], rows not summing to 1
+        raise BadEntry("its per-prompt probabilities are not label distributions") from None
+    if before.get("prompts") != n or before.get("accuracy") != acc:
+        raise BadEntry("its per-prompt probabilities disagree with its accuracy")
+    return probs
 
 
-def store(key: str, before: dict) -> None:
-    """Keep `before` for later runs; a cache that cannot be written only costs the next run its time."""
+def _digest(before: dict, probs) -> str:
+    return hashlib.sha256(json.dumps({"before": before, "probs": probs}, sort_keys=True).encode()).hexdigest()
+
+
+def store(key: str, before: dict, probs: np.ndarray | None) -> None:
+    """Keep `before` and the normal test's label distributions `probs` for later runs; a cache that cannot be
+    written only costs the next run its time."""
+    rows = None if probs is None else np.asarray(probs, dtype=np.float64).tolist()
     path = _path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps({"sha256": _digest(before), "before": before}) + "\n")
+        atomic_write(path, json.dumps({"sha256": _digest(before, rows), "before": before, "probs": rows}) + "\n")
     except OSError:
         pass

@@ -207,8 +207,13 @@ def run_suites(
     return out
 
 
+def stage_lines(cfg, result: dict) -> list[str]:
+    """run_suites' summary lines of a stage's metrics.json entry `result` (KeyError, TypeError, ... when it
+    lacks a selected protocol's fields: the fore-test cache checks its entries with this)."""
+    return [SUITES[key].summary(result if SUITES[key].top_level else result[key]) for key in selected(cfg)]
+
+
 def log_stage(cfg, result: dict, stage: str, log=print) -> None:
-    """run_suites' summary lines of a stage's metrics.json entry `result` (e.g. one from the fore-test cache)."""
-    for key in selected(cfg):
-        suite = SUITES[key]
-        log(f"{stage:>6}: {suite.summary(result if suite.top_level else result[key])}")
+    """run_suites' log lines of a stage's metrics.json entry `result` (e.g. one from the fore-test cache)."""
+    for line in stage_lines(cfg, result):
+        log(f"{stage:>6}: {line}")

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from ..batching import label_masks
-from .base import ObjectiveInputs, ObjectiveOutput, register
+from .base import ObjectiveInputs, ObjectiveOutput
 
 LOG_BASES = {"e": math.e, "2": 2.0, "10": 10.0}
 
@@ -69,8 +69,7 @@ class ABFTObjective:
         return loss, heads
 
 
-@register("abft", "attention loss, W_Q/W_K")
-class ABFT:
+class ABFT:  # --method abft (registered in objectives/__init__)
     """The ABFT loss of cfg's filter and head reduction; the logits are not used."""
 
     def __init__(self, cfg, prefix_tokens: int = 0, label_ids=None):

@@ -15,6 +15,7 @@ updates only their rows.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -58,6 +59,16 @@ def register(name: str, help: str) -> Callable:
         return build
 
     return add
+
+
+def register_lazy(name: str, help: str, module: str, attr: str) -> None:
+    """Register class `attr` of `module` as `name` without importing it (the built-ins): listing the --method
+    choices, as the CLI's parser does, then imports no torch; the module loads when a run builds one."""
+
+    def build(*args):
+        return getattr(importlib.import_module(module), attr)(*args)
+
+    OBJECTIVES[name] = Entry(build, help)
 
 
 def build_objective(cfg, prefix_tokens: int, label_ids: torch.Tensor):

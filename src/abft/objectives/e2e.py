@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .abft import ABFTObjective
-from .base import ObjectiveInputs, ObjectiveOutput, register
+from .base import ObjectiveInputs, ObjectiveOutput
 
 
 def e2e_loss(last_logits: torch.Tensor, gold: torch.Tensor, label_token_ids: torch.Tensor, over: str = "vocab"):
@@ -26,8 +26,7 @@ def e2e_loss(last_logits: torch.Tensor, gold: torch.Tensor, label_token_ids: tor
     return F.cross_entropy(logits, target, reduction="none")
 
 
-@register("e2e", "cross-entropy of the gold label")
-class E2E:
+class E2E:  # --method e2e (registered in objectives/__init__)
     """E2E's loss over cfg.e2e_over; counts train_accuracy (argmax over the label tokens = gold)."""
 
     def __init__(self, cfg, prefix_tokens: int, label_ids: torch.Tensor):

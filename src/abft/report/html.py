@@ -29,6 +29,8 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom:
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+#summary td.num, #data td.num, #metrics-other td.num, #config td.num { text-align: left; }  /* key: value */
+td table { font-size: 1em; margin: 0; }
 th { background: #f3f3f3; }
 .up { color: #1a7f37; } .down { color: #c62828; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
@@ -64,21 +66,48 @@ def fmt(value) -> str:
     return str(value)
 
 
-def _cell(value) -> str:
+def config_text(value) -> str:
+    """A config value as config.json and the command line have it: 0.0003, 32.0, "0.03 0.005 0.005", none."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return " ".join(map(config_text, value))
+    return "none" if value is None else str(value)
+
+
+def seconds_text(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else fmt(value)
+
+
+def _cell(value, text=fmt) -> str:
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):  # records: a table in the cell
+        keys = list(dict.fromkeys(k for record in value for k in record))
+        return f"<td>{table('', keys, [[record.get(k, '') for k in keys] for record in value])}</td>"
     cls = ' class="num"' if _number(value) else ""
-    return f"<td{cls}>{html.escape(fmt(value))}</td>"
+    return f"<td{cls}>{html.escape(text(value))}</td>"
 
 
-def table(table_id: str, header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "\n".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
-    return f'<table id="{table_id}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+def table(table_id: str, header: list[str] | None, rows: list[list], text=fmt) -> str:
+    """An HTML table (no header row when `header` is None); `text` writes a cell's value."""
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header or ())
+    head = "" if header is None else f"<thead><tr>{cells}</tr></thead>\n"
+    body = "\n".join("<tr>" + "".join(_cell(v, text) for v in row) + "</tr>" for row in rows)
+    attr = f' id="{table_id}"' if table_id else ""
+    return f"<table{attr}>\n{head}<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def _change(key: str, before, after):
+    """after - before, except for counts and standard errors (whose difference means nothing)."""
+    last = key.rsplit(".", 1)[-1]
+    if not (_number(before) and _number(after)) or last.endswith("_se") or last in ("prompts", "queries", "sets"):
+        return ""
+    return after - before
 
 
 def metrics_tables(metrics: dict) -> str:
     """before/after/change for every metric of metrics.json's before and after; every other entry below."""
     parts = []
-    rows = [[key, b, a, a - b if _number(a) and _number(b) else ""] for key, b, a in before_after(metrics, "")]
+    rows = [[key, b, a, _change(key, b, a)] for key, b, a in before_after(metrics, "")]
     if rows:
         parts.append(table("metrics", ["metric", "before", "after", "after - before"], rows))
     other = flatten({k: v for k, v in metrics.items() if k not in ("before", "after", "data_splits")})
@@ -144,7 +173,7 @@ def data_section(splits: dict) -> str:
     """The split sizes and distinct test queries (metrics.json "data_splits", data.splits.describe_splits)."""
     keys = ("made_by", "calibration", "demonstration", "test", "test_distinct_queries",
             "test_queries_in_other_splits", "test_prompts", "test_prompt_queries", "prompts_per_query")  # fmt: skip
-    parts = [table("data", ["", ""], [[key, splits[key]] for key in keys if key in splits])]
+    parts = [table("data", None, [[key, splits[key]] for key in keys if key in splits])]
     try:
         summary, warning = splits_summary(splits), splits_warning(splits)
     except (KeyError, TypeError, ValueError):  # a record of another shape: the table is all there is
@@ -180,7 +209,7 @@ def render_report(
         *device_and_dtype(config),
         *_accuracy_rows(metrics, splits),
     ]
-    body = [f"<h1>{html.escape(title)}</h1>", table("summary", ["", ""], summary)]
+    body = [f"<h1>{html.escape(title)}</h1>", table("summary", None, summary)]
     if status.get("error"):
         body.append(f'<p class="down">error: {html.escape(str(status["error"]))}</p>')
     if splits:
@@ -192,13 +221,14 @@ def render_report(
     body.append("<h2>Figures</h2>")
     body += [_figure_html(f) for f in figures] or ["<p>no figures (no inputs in this run directory)</p>"]
     if timings:
-        body += ["<h2>Timings</h2>", table("timings", ["phase", "seconds"], [[k, v] for k, v in timings.items()])]
+        rows = [[k, v] for k, v in timings.items()]
+        body += ["<h2>Timings</h2>", table("timings", ["phase", "seconds"], rows, seconds_text)]
     body.append("<h2>Configuration</h2>")
     body.append(f'<p class="meta">config.json of {html.escape(str(run.name))}, flattened:</p>')
     rows = [
         [k, "auto" if v is None and k in ("model.device", "model.dtype") else v] for k, v in flatten(config).items()
     ]
-    body.append(table("config", ["option", "value"], rows))
+    body.append(table("config", ["option", "value"], rows, config_text))
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n<script>{_SCRIPT}</script>\n</head>\n"

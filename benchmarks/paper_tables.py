@@ -128,6 +128,7 @@ def summarize(cell: Cell, run_dir: Path, command: list[str], seconds: float) -> 
         if validation
         else None,
         "in_vs_out_of_domain": metrics.get("generalization"),
+        "change": metrics.get("change"),  # paired: accuracy, se, prompts right / wrong only after training
         "validation_curve": [[r["step"], r["accuracy"]] for r in validation.get("curve", [])],
         "wall_seconds": round(seconds),
         "date": time.strftime("%Y-%m-%d"),

@@ -37,7 +37,7 @@ from .data import (
 from .errors import Text, UserError, param
 from .evaluation import evaluate_prompts, fore_cache, suites
 from .evaluation import mauve as mauve_eval
-from .evaluation.predictions import prediction_records, read_jsonl, to_jsonl
+from .evaluation.predictions import paired_change, prediction_records, read_jsonl, to_jsonl
 from .evaluation.protocols import accuracy_se
 from .evaluation.scoring import ScoreCache, Scorer
 from .models.context import check_context
@@ -269,6 +269,10 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
         _train(cfg, job, out, metrics, evaluate, log)
     if "accuracy" in metrics.get("before", {}) and "accuracy" in metrics.get("after", {}):
         metrics["accuracy_gain"] = metrics["after"]["accuracy"] - metrics["before"]["accuracy"]
+        before, after = _read_predictions(out, "before"), _read_predictions(out, "after")
+        change = paired_change(before, after) if before and after else None
+        if change is not None:
+            metrics["change"] = change
     if cfg.eval.generalization_test:
         table = suites.generalization_table(
             metrics.get("before", {}).get("generalization"), metrics.get("after", {}).get("generalization")
@@ -341,10 +345,24 @@ def _write_predictions(job: _Job, out: RunDir, stage: str, probs: np.ndarray | N
     (None: not selected); after training each record says whether its prediction flipped (predictions_before's)."""
     if probs is None:
         return
-    before_file = out.file(PREDICTIONS_FILE.format(stage="before"))
-    before = read_jsonl(before_file.read_text()) if stage != "before" and before_file.is_file() else None
+    before = _read_predictions(out, "before") if stage != "before" else None
     records = prediction_records(probs, job.test, job.builder.label_words, before)
     atomic_write(out.file(PREDICTIONS_FILE.format(stage=stage)), to_jsonl(records))
+
+
+def _read_predictions(out: RunDir, stage: str) -> list[dict] | None:
+    """predictions_<stage>.jsonl read back (a resumed run's is from an earlier process and may have been
+    edited): None unless every line is a record with an integer prediction and a boolean correct."""
+    path = out.file(PREDICTIONS_FILE.format(stage=stage))
+    try:
+        records = read_jsonl(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    fields = (("prediction", int), ("correct", bool))
+    valid = records is not None and all(
+        isinstance(r, dict) and all(type(r.get(k)) is t for k, t in fields) for r in records
+    )
+    return records if valid else None
 
 
 def _monitor(cfg: RunConfig, job: _Job, log) -> ValidationMonitor | None:
@@ -362,7 +380,8 @@ def _monitor(cfg: RunConfig, job: _Job, log) -> ValidationMonitor | None:
 
 def summary_table(metrics: dict) -> str | None:
     """Accuracy before / after / change with the test-prompt count and 95% intervals (normal approximation;
-    the change's interval treats the two stages as independent samples, which overstates it)."""
+    the change's from its paired standard error when both stages' per-prompt predictions exist, else from
+    the two stages as independent samples, which overstates it)."""
     rows = [(stage, metrics[stage]) for stage in ("before", "after") if "accuracy" in metrics.get(stage, {})]
     if not rows:
         return None
@@ -374,9 +393,12 @@ def summary_table(metrics: dict) -> str | None:
         lines.append(f"{stage:8}{m['accuracy']:>10.4f}{interval:>20}{m['prompts']:>14}")
     if len(rows) == 2:
         (_, b), (_, a) = rows
-        change, half = a["accuracy"] - b["accuracy"], 1.96 * math.hypot(se["before"], se["after"])
+        paired = metrics.get("change")
+        change = a["accuracy"] - b["accuracy"]
+        half = 1.96 * (paired["se"] if paired else math.hypot(se["before"], se["after"]))
         interval = f"[{change - half:+.3f}, {change + half:+.3f}]"
-        lines.append(f"{'change':8}{change:>+10.4f}{interval:>20}")
+        flips = f"  {paired['improved']} prompts right now, {paired['worsened']} wrong now" if paired else ""
+        lines.append(f"{'change':8}{change:>+10.4f}{interval:>20}{flips}")
     return "\n".join(lines)
 
 

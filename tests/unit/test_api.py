@@ -143,3 +143,28 @@ def test_run_writes_per_prompt_predictions(patch_runner, tmp_path):
     assert "flipped" not in stages["before"][0]
     for b, a in zip(stages["before"], stages["after"], strict=True):
         assert a["gold"] == b["gold"] and a["flipped"] == (a["prediction"] != b["prediction"])
+    change = metrics["change"]  # the paired change, counted from the two files
+    right = [(b["correct"], a["correct"]) for b, a in zip(stages["before"], stages["after"], strict=True)]
+    assert change["improved"] == sum(a and not b for b, a in right)
+    assert change["worsened"] == sum(b and not a for b, a in right)
+    assert change["accuracy"] == pytest.approx(metrics["accuracy_gain"])
+
+
+def test_paired_change_standard_error():
+    """The paired s.e. is numpy's sd(d, ddof=1) / sqrt(n) over per-prompt differences; below the
+    independent-samples error when the stages agree; None for records that are not predictions."""
+    import numpy as np
+
+    from abft.evaluation.predictions import paired_change
+
+    before = [True] * 50 + [False] * 40 + [True] * 4 + [False] * 6
+    after = [True] * 50 + [False] * 40 + [False] * 4 + [True] * 6
+    records = lambda xs: [{"correct": x} for x in xs]  # noqa: E731
+    change = paired_change(records(before), records(after))
+    d = np.array(after, float) - np.array(before, float)
+    assert change["accuracy"] == pytest.approx(d.mean()) and (change["improved"], change["worsened"]) == (6, 4)
+    assert change["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)))
+    independent = np.hypot(*(np.sqrt(p * (1 - p) / 100) for p in (np.mean(before), np.mean(after))))
+    assert change["se"] < independent / 2
+    assert paired_change(records(before), records(after[:-1])) is None
+    assert paired_change(records(before), [{"correct": 1}] * 100) is None  # an edited file: not a boolean

@@ -3,11 +3,13 @@ prompt (predictions_before.jsonl / predictions_after.jsonl in a run directory, a
 
     records = prediction_records(probs, prompts, label_words)              # before training
     records = prediction_records(probs, prompts, label_words, before=old)  # after: with "flipped"
+    paired_change(before_records, after_records)                           # the change and its paired s.e.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,3 +47,22 @@ def to_jsonl(records: Sequence[dict]) -> str:
 
 def read_jsonl(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def paired_change(before: Sequence[dict], after: Sequence[dict]) -> dict | None:
+    """The change in accuracy between two evaluations of the same prompts, with its paired standard error:
+    per prompt d = correct_after - correct_before (in {-1, 0, 1}); se = sd(d) / sqrt(n). Prompts that were
+    right (or wrong) both times add nothing, so it is smaller than the independent-samples error
+    sqrt(se_before^2 + se_after^2) whenever the two stages agree more than chance. None unless both are lists
+    of the same length whose records all carry a boolean "correct" (the files are read back from a run
+    directory, which may have been edited)."""
+    ok = all(isinstance(r, dict) and isinstance(r.get("correct"), bool) for r in [*before, *after])
+    n = len(before)
+    if not ok or n != len(after) or n < 2:
+        return None
+    improved = sum(a["correct"] and not b["correct"] for b, a in zip(before, after))
+    worsened = sum(b["correct"] and not a["correct"] for b, a in zip(before, after))
+    mean = (improved - worsened) / n
+    variance = (improved + worsened - n * mean**2) / (n - 1)
+    return {"accuracy": mean, "se": math.sqrt(max(variance, 0.0) / n), "improved": improved,
+            "worsened": worsened, "prompts": n}  # fmt: skip

@@ -60,8 +60,8 @@ def paired_change(before: Sequence[dict], after: Sequence[dict]) -> dict | None:
     n = len(before)
     if not ok or n != len(after) or n < 2:
         return None
-    improved = sum(a["correct"] and not b["correct"] for b, a in zip(before, after))
-    worsened = sum(b["correct"] and not a["correct"] for b, a in zip(before, after))
+    improved = sum(a["correct"] and not b["correct"] for b, a in zip(before, after, strict=True))
+    worsened = sum(b["correct"] and not a["correct"] for b, a in zip(before, after, strict=True))
     mean = (improved - worsened) / n
     variance = (improved + worsened - n * mean**2) / (n - 1)
     return {"accuracy": mean, "se": math.sqrt(max(variance, 0.0) / n), "improved": improved,

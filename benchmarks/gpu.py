@@ -3,7 +3,7 @@
 Each section runs in its own subprocess under its own time cap, so one slow or crashing section cannot eat
 the budget; a section at its cap stops starting new measurements and keeps what it measured.
 
-    tests      pytest -m cuda (tests/unit/test_cuda.py): capture vs eager in bf16/fp16/fp32, LoRA, restricted
+    tests      pytest -m cuda (tests/parity/test_cuda.py): capture vs eager in bf16/fp16/fp32, LoRA, restricted
                gradient, a bf16 step, --quantized on a tiny model
     steps-8b   random bf16 weights in the Llama-3-8B shape (benchmarks/configs/llama3-8b.json): our ABFT step,
                our E2E step and the reference (eager attention, output_attentions=True, full logits) at k = 4
@@ -30,7 +30,7 @@ On an H200 the caps add up to 520 s (8.7 minutes; CAPS below) and the machine's 
 the first call leaves ~4 minutes: rerun only a failed section (`--sections NAME`), at once, then give the
 machine back. The table is printed last, inside the tool's 12,000-character output tail.
 
-    python benchmarks/gpu.py --tiny     # the same code on CPU in a tiny shape (tests/unit/test_gpu_script.py)
+    python benchmarks/gpu.py --tiny     # the same code on CPU in a tiny shape (tests/e2e/test_gpu_script.py)
     python benchmarks/gpu.py --sections steps-8b scoring
 """
 
@@ -483,7 +483,7 @@ def tests_section(section: Section, cap: float) -> None:
     xml = section.path.with_suffix(".xml")
     command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", f"--junitxml={xml}"]
     out = subprocess.run(
-        [*command, "tests/unit/test_cuda.py"], cwd=REPO, capture_output=True, text=True, timeout=cap - RESERVE_S
+        [*command, "tests/parity/test_cuda.py"], cwd=REPO, capture_output=True, text=True, timeout=cap - RESERVE_S
     )
     suite = ET.parse(xml).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -501,7 +501,7 @@ def tests_section(section: Section, cap: float) -> None:
 def run_section(name: str, args) -> None:
     """In the section's subprocess."""
     plan = TINY if args.tiny else FULL
-    if args.tiny:  # tiny models run fastest on one thread (tests/unit/conftest.py)
+    if args.tiny:  # tiny models run fastest on one thread (tests/conftest.py)
         import torch
 
         torch.set_num_threads(1)

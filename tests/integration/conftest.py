@@ -5,6 +5,16 @@ import pytest
 os.environ.setdefault("ABFT_NO_PROGRESS", "1")
 
 
+@pytest.fixture(autouse=True)
+def private_cache():
+    """Not private in this tier: the user's $ABFT_CACHE, where the real model's GGUF conversion (about 20 s alone,
+    80 s on a busy 2-core machine, 517 MB) is made once, not once per test. No integration test reuses fore-test
+    metrics, the entries that private_cache keeps apart in the other tiers."""
+    from abft.models.loading import cache_root
+
+    return cache_root()
+
+
 @pytest.fixture(scope="session")
 def embedded():
     """The real embedded model and tokenizer, loaded once per session."""

@@ -19,6 +19,7 @@ import torch
 from objective_patches import nan_from_step_2, patch_loss
 from safetensors.torch import save_file
 from tiny_models import tiny_gpt2, tiny_llama
+from toy_dataset import SMALL, toy_csv
 
 from abft.checkpoint import load_checkpoint, save_checkpoint
 from abft.cli import main
@@ -27,8 +28,6 @@ from abft.errors import UserError
 from abft.models.arch import find_qk_slices
 from abft.models.weights import save_delta
 from abft.rundir import RunDir
-
-SMALL = ["--k", "2", "--train-samples", "8", "--pseudo-batch-size", "4", "--epochs", "1", "--test-samples", "8"]
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -39,10 +38,6 @@ def model_dir(tmp_path_factory):
     tiny_llama(attn_implementation="sdpa").save_pretrained(path)  # max_position_embeddings 128
     tiny_tokenizer.word_tokenizer().save_pretrained(path)
     return path
-
-
-def _rows(n: int, words=("negative", "positive")) -> str:
-    return "text,label\n" + "".join(f"w{i % 20} w{(i * 7) % 20},{words[i % len(words)]}\n" for i in range(n))
 
 
 @pytest.fixture(autouse=True)
@@ -180,7 +175,7 @@ def test_malformed_user_dataset(capsys, tmp_path, model_dir, name, content, mess
 
 
 def test_label_not_in_the_label_list(capsys, tmp_path, model_dir):
-    (tmp_path / "d.csv").write_text(_rows(30, ("negative", "positive", "neutral")))
+    (tmp_path / "d.csv").write_text(toy_csv(30, ("negative", "positive", "neutral")))
     spec = tmp_path / "spec.yaml"
     spec.write_text("path: d.csv\nlabel_words: [negative, positive]\n")
     argv = ["run", "--model", str(model_dir), "--dataset", str(spec), "--output", str(tmp_path / "out")]
@@ -189,7 +184,7 @@ def test_label_not_in_the_label_list(capsys, tmp_path, model_dir):
 
 
 def test_label_word_that_is_not_one_token(capsys, tmp_path, model_dir):
-    (tmp_path / "d.csv").write_text(_rows(30, ("neg-ative", "positive")))
+    (tmp_path / "d.csv").write_text(toy_csv(30, ("neg-ative", "positive")))
     argv = ["run", "--model", str(model_dir), "--dataset", str(tmp_path / "d.csv"), "--output", str(tmp_path / "out")]
     _fails(capsys, argv, "label word 'neg-ative' is 3 tokens for this tokenizer; pick single-token label words")
     _leaves_nothing(tmp_path / "out")

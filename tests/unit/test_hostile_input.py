@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from objective_patches import nan_from_step_2, patch_loss
-from test_bad_input import SMALL, _fails
+from test_bad_input import _fails
+from toy_dataset import SMALL
 
 from abft.cli import main
 

@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 from objective_patches import nan_from_step_2, patch_loss
-from test_bad_input import SMALL, _rows
+from toy_dataset import SMALL, toy_csv
 
 import abft.report.html
 import abft.train
@@ -59,7 +59,7 @@ def bases(tmp_path_factory, tiny_word_model_dir):
     """{"failed": a run stopped at step 2 of 2 (checkpoint after step 1), "finished": a run with its delta}."""
     root = tmp_path_factory.mktemp("bases")
     data = root / "reviews.csv"
-    data.write_text(_rows(400))
+    data.write_text(toy_csv(400))
     argv = ["run", "--model", str(tiny_word_model_dir), "--dataset", str(data), *SMALL, "--no-post-test"]
 
     with pytest.MonkeyPatch.context() as mp:

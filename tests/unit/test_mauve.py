@@ -10,15 +10,11 @@ from __future__ import annotations
 import json
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_llama
-from tiny_tokenizer import word_tokenizer
 from toy_dataset import toy
 
 from abft.cli import main
@@ -30,16 +26,6 @@ from abft.evaluation.generation import generate_continuations, text_features
 from abft.models.weights import BaseWeights
 
 pytest.importorskip("mauve", reason="mauve-text not installed (pip install 'abft[mauve]')")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_llama(max_position_embeddings=512)
 
 
 def structured_texts(n: int, seed: int = 0) -> list[str]:

@@ -2,6 +2,7 @@ import pytest
 import torch
 from fake_prompts import LABEL_TOKENS, fake_prompts
 from tiny_models import BUILDERS, tiny_gpt2, tiny_llama
+from tiny_models import snapshot as _snapshot
 
 from abft.analysis.heads import head_statistics
 from abft.config import TrainConfig
@@ -11,10 +12,6 @@ from abft.models.trainable import mark_trainable
 from abft.models.weights import load_delta, save_delta
 from abft.train import train
 from abft.train.setup import masked_backward
-
-
-def _snapshot(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def test_slices_llama_and_gpt2():

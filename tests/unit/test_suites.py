@@ -12,15 +12,11 @@ import contextlib
 import io
 import json
 import math
-import sys
 import warnings
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_llama
 from tiny_tokenizer import word_tokenizer
 from toy_dataset import C3, toy
@@ -37,11 +33,6 @@ from abft.evaluation.metrics import classification_metrics
 from abft.evaluation.prompt_sets import PromptSets, bias_sets, calibration_sets, demo_sets, template_sets
 from abft.evaluation.variants import demo_consistency_pairs, unseen_label_pairs
 from abft.models.context import check_context
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
 
 
 def make_cfg(k=4, n=8, mode="space", **ev) -> RunConfig:

@@ -3,7 +3,7 @@
 StaICC draws everything from one linear congruential generator (x <- (1664525 x + 1013904223) mod 2^32,
 seed 42, float = x / 2^32) and `sample_index_set(n, N)`: pool = range(N); n times pick
 int(float() * len(pool)) and pop it. We restate that here so the splits and the 1024 test prompts are
-bit-exact with StaICC without importing it (tests/unit/test_data_staicc.py checks this).
+bit-exact with StaICC without importing it (tests/parity/test_data_staicc.py checks this).
 
     rng = LCG()                                    # seed 42, as StaICC
     sets = demonstration_sets(dataset, k=4)        # 1024 lists of k row indices (demonstration split)

@@ -47,7 +47,7 @@ from its calibration split, which abft keeps for ABFT training):
   rows and concatenate.
 
 Differences from StaICC 0.1.1 (``prefabricate_inference.standard_calibration``), each a bug fixed here and
-pinned by tests/unit/test_calibration_methods.py:
+pinned by tests/parity/test_calibration_methods.py:
 
 1. contextual, domain: StaICC's p_cf starts at 1e-5 per label and it returns softmax(p / p_cf) instead of the
    renormalised p / p_cf (see calibration.py). Same decisions, different probabilities.

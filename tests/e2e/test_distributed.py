@@ -1,6 +1,6 @@
 """Two processes (torchrun, gloo on CPU) against one: the same trained tensors, records and metrics.
 
-One torchrun launch (tests/unit/dist_worker.py) runs the real `abft run` CLI on a tiny random Llama saved
+One torchrun launch (tests/e2e/dist_worker.py) runs the real `abft run` CLI on a tiny random Llama saved
 with the word-level test tokenizer, then train() (E2E through LoRA, PID controller) on synthetic prompts;
 the same two things run here in one process. Micro-batches of one prompt, so the two sides differ only in
 the order gradients are summed (fp32 rounding), not in padding.

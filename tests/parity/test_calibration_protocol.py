@@ -6,16 +6,11 @@ the same test prompts, each checked against calibrate(name, ...) on inputs compu
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_llama
-from tiny_tokenizer import word_tokenizer
 from toy_dataset import toy
 
 from abft.cli import build_parser, main
@@ -36,16 +31,6 @@ from abft.evaluation.prompt_sets import (
 from abft.evaluation.protocols import prompt_metrics
 
 ALL = tuple(CALIBRATIONS)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_llama(max_position_embeddings=512)
 
 
 def make_cfg(methods=ALL, k=2, n=24) -> RunConfig:

@@ -7,22 +7,17 @@ documented difference (the module docstring lists them). StaICC's trainable cali
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from random_probs import distributions, softmax_rows
 from StaICC.prefabricate_inference.standard_calibration import (
     batch_calibration,
     domain_calibration,
     hidden_calibration,
     knn_prompt,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-from random_probs import distributions, softmax_rows
 
 from abft.evaluation import calibration_methods as cm
 from abft.evaluation.calibration import apply_calibration, calibrate_contextual, fit_contextual_calibration

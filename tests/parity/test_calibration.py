@@ -5,17 +5,12 @@ StaICC's ``standard_calibration.contextual_calibration`` is used only as a test 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from StaICC.prefabricate_inference.standard_calibration import contextual_calibration
-
-sys.path.insert(0, str(Path(__file__).parent))
 from random_probs import distributions, softmax_rows
+from StaICC.prefabricate_inference.standard_calibration import contextual_calibration
 
 from abft.evaluation.calibration import apply_calibration, fit_contextual_calibration
 

@@ -1,7 +1,11 @@
+"""Shared by every tier (unit/, parity/, e2e/, integration/; DESIGN.md "Tests"): tests/support on sys.path (the tiny
+models, the word-level tokenizer, the toy dataset, fake prompts), one torch thread, a private $ABFT_CACHE per test,
+and the fixtures of the tiny models."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 import pytest
 import torch
@@ -16,6 +20,24 @@ def private_cache(tmp_path_factory, monkeypatch):
     path = tmp_path_factory.mktemp("abft-cache")
     monkeypatch.setenv("ABFT_CACHE", str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The tiny word-level tokenizer (support/tiny_tokenizer.py), one per module. A module that needs another
+    tokenizer defines its own `tok`."""
+    from tiny_tokenizer import word_tokenizer
+
+    return word_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny random Llama (GQA, eager attention, context 512) that fits `tok`, one per module: a test that trains
+    builds its own."""
+    from tiny_models import tiny_llama
+
+    return tiny_llama(max_position_embeddings=512)
 
 
 @pytest.fixture(scope="session")
@@ -33,10 +55,10 @@ def tiny_word_model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_csv(tmp_path_factory):
     """reviews.csv, 400 rows of the tiny word tokenizer's words: calibration 72, demonstration 292, test 36."""
-    from test_bad_input import _rows
+    from toy_dataset import toy_csv
 
     path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    path.write_text(_rows(400))
+    path.write_text(toy_csv(400))
     return path
 
 

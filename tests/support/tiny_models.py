@@ -11,6 +11,8 @@ The architectures cover the attention variants the project must handle:
 - ``tiny_gpt2``:   multi-head attention through the fused ``c_attn`` Conv1D, learned positions;
   ``scale_attn_by_inverse_layer_idx`` can be switched on to give each layer its own scaling.
 
+``snapshot(model)`` copies every parameter, to compare a model before and after training.
+
 Weights use a larger init (std 0.2) than Hugging Face's default so the attention is peaked and
 not near-uniform; all biases get small random values.
 """
@@ -113,3 +115,8 @@ BUILDERS = {
     "gemma3": tiny_gemma3,
     "gpt2": tiny_gpt2,
 }
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    """{name: a detached copy} of every parameter."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -1,4 +1,5 @@
-"""A small synthetic classification dataset (texts of words w0..w19, which tiny_tokenizer knows)."""
+"""A small synthetic classification dataset (texts of words w0..w19, which tiny_tokenizer knows): `toy` as a
+Dataset, `toy_csv` as the text of a CSV file, and SMALL, the flags of a small `abft run` on such a file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import random
 from abft.data import Dataset, DatasetInfo
 
 C3 = ("negative", "neutral", "positive")
+SMALL = ["--k", "2", "--train-samples", "8", "--pseudo-batch-size", "4", "--epochs", "1", "--test-samples", "8"]
 
 
 def toy(name="toy", words=C3, demo_label=None, test_label=None, n_cal=8, n_demo=60, n_test=140, seed=0) -> Dataset:
@@ -24,3 +26,8 @@ def toy(name="toy", words=C3, demo_label=None, test_label=None, n_cal=8, n_demo=
     cal = list(range(n_cal))
     demo = list(range(n_cal, n_cal + n_demo))
     return Dataset(info, rows, cal, demo, list(range(n_cal + n_demo, len(rows))))
+
+
+def toy_csv(n: int, words=("negative", "positive")) -> str:
+    """A CSV file's text: a text,label header and n rows of two words w0..w19 with labels from `words` in turn."""
+    return "text,label\n" + "".join(f"w{i % 20} w{(i * 7) % 20},{words[i % len(words)]}\n" for i in range(n))

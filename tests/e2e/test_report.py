@@ -1,7 +1,7 @@
 """abft.report: figures, report.html (also in headless Chromium), `abft heads`, `abft interpolate`.
 
 Two tiny runs are made with the real `abft run` on a tiny random Llama saved with a word-level tokenizer
-(tests/unit/tiny_tokenizer.py), on StaICC's SST-2, so the runner -> report path is exercised end to end.
+(tests/support/tiny_tokenizer.py), on StaICC's SST-2, so the runner -> report path is exercised end to end.
 """
 
 import base64

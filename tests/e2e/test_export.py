@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_bad_input import SMALL
 from tiny_models import tiny_gpt2, tiny_llama
+from toy_dataset import SMALL
 
 from abft.errors import UserError
 from abft.export import export_merged, reproduce_command

@@ -1,4 +1,4 @@
-"""One process of the multi-process tests (tests/unit/test_distributed.py), started by torchrun.
+"""One process of the multi-process tests (tests/e2e/test_distributed.py), started by torchrun.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 dist_worker.py MODEL_DIR OUT [ABFT FLAGS...]
 
@@ -11,7 +11,7 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "support"))  # started as a script: no conftest
 
 import torch  # noqa: E402
 from fake_prompts import LABEL_TOKENS, fake_prompts  # noqa: E402

@@ -21,7 +21,7 @@ import torch
 from fake_prompts import LABEL_TOKENS, fake_prompts
 from test_attention import BATCH, BUILDERS, LENGTH, PADDINGS, _batch, _eager_rows, _qk_grads
 from test_lora import CFG as LORA_CFG
-from test_params import _snapshot
+from tiny_models import snapshot
 
 from abft.analysis.heads import head_statistics
 from abft.attention import capture_last_row, use_last_row_attention
@@ -101,7 +101,7 @@ def test_gradients_match_eager(name, padding, dtype):
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_lora_trains_only_adapters_on_cuda(arch):
     model = BUILDERS[arch]("sdpa").to(DEVICE)
-    base = _snapshot(model)
+    base = snapshot(model)
     train(model, fake_prompts(8), TrainConfig(**LORA_CFG), pad_id=0, label_token_ids=LABEL_TOKENS)
     adapters = 0
     for name, p in model.named_parameters():
@@ -117,7 +117,7 @@ def test_restricted_gradient_on_cuda_moves_exactly_the_induction_heads():
     model = BUILDERS["llama"]("sdpa").to(DEVICE)
     active = torch.from_numpy(head_statistics(model, prompts, 0)["induction_rate"] > 0)  # (L, Hq)
     assert active.any() and not active.all()
-    before = _snapshot(model)
+    before = snapshot(model)
     cfg = TrainConfig(lr=1e-2, pseudo_batch_size=16, epochs=1, restricted_gradient=True)
     train(model, prompts, cfg, pad_id=0, label_token_ids=LABEL_TOKENS)
     after = dict(model.named_parameters())
@@ -131,7 +131,7 @@ def test_restricted_gradient_on_cuda_moves_exactly_the_induction_heads():
 @pytest.mark.parametrize("method", ["abft", "e2e"])
 def test_bf16_step_changes_only_wq_wk(method):
     model = BUILDERS["qwen2"]("sdpa").to(DEVICE, torch.bfloat16)  # with q/k biases
-    before = _snapshot(model)
+    before = snapshot(model)
     cfg = TrainConfig(method=method, lr=1e-2, pseudo_batch_size=8, epochs=1, head_filter=False)
     records = train(model, fake_prompts(8), cfg, pad_id=0, label_token_ids=LABEL_TOKENS)
     assert all(torch.isfinite(torch.tensor(r.loss)) for r in records)

@@ -7,17 +7,13 @@ StaICC's ``util.functional`` is imported here only as a test oracle (its argumen
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from StaICC.util import functional as staicc
-
-sys.path.insert(0, str(Path(__file__).parent))
 from random_probs import probs_and_gold, softmax_rows
+from StaICC.util import functional as staicc
 
 from abft.evaluation.metrics import (
     LABEL_NOISE_CORRECT_RATIOS,

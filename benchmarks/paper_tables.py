@@ -11,7 +11,7 @@ an interrupted run directory (under --runs, default runs/paper) is resumed with 
 directories are scratch: only the committed JSON counts, so a later session continues from the files.
 
 Order: the most informative cells first: issue 13's check of the default recipe (four datasets on the
-embedded model, SST-2 on Gemma-3-270M), E2E and calibration on the same four, one run per (dataset, method)
+embedded model, SST-2 on Gemma-3-270M), calibration (cheap) and E2E on the same four, one run per (dataset, method)
 with every protocol for Tables 2-3 and unseen labels, the ablations, then the other datasets, seed 1, Gemma.
 """
 
@@ -78,8 +78,8 @@ def cells() -> list[Cell]:
     ablations |= {"a0": ("--wrong-label-penalty", "0"), "b0": ("--correct-label-reward", "0")}
 
     out = [t1(EMBEDDED, d, "abft") for d in first4] + [t1(GEMMA, "sst2", "abft")]  # issue 13's check
+    out += [calibration(EMBEDDED, d) for d in first4]  # minutes each: Table 1's calibration column first
     out += [t1(EMBEDDED, d, "e2e") for d in first4]
-    out += [calibration(EMBEDDED, d) for d in first4]
     out += [t23(d, m) for d in first4 for m in ("abft", "e2e")]
     out += [
         Cell(f"abl-smollm2-{d}-{name}", "ablation", EMBEDDED, d, ("--reuse-fore-test", *args))

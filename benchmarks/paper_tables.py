@@ -70,7 +70,9 @@ def cells() -> list[Cell]:
         return Cell(f"t1-{short[model]}-{dataset}-calibration", "table1", model, dataset, args, verb="evaluate")
 
     def t23(dataset, method):  # Tables 2 and 3 and unseen labels: one training run, every protocol before/after
-        args = ("--method", method, "--generalization-test", "--unseen-label-test", "--test-type", "normal")
+        # (E2E runs right after ABFT on the same code: it reuses ABFT's before stage, the longer half of a cell)
+        args = ("--reuse-fore-test", "--method", method, "--generalization-test", "--unseen-label-test")
+        args += ("--test-type", "normal")
         args += ("template", "demo")
         return Cell(f"t23-smollm2-{dataset}-{method}-s0", "table2,table3,unseen", EMBEDDED, dataset, args)
 

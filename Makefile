@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-gpu bench-gpu-carry clean chromium
+.PHONY: setup demo test lint bench bench-gpu bench-gpu-carry paper-tables clean chromium
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# The paper's tables, cell by cell (hours each on 2 cores; resumable: finished cells are skipped, each one's JSON
+# committed as it lands), then the tables and claim lines from the committed cells.
+paper-tables: $(STAMP)
+	$(BIN)/python benchmarks/paper_tables.py --commit
+	$(BIN)/python benchmarks/paper_report.py
 
 # On a GPU machine (no venv, no network there: its python3 and the .gpu/ that bench-gpu-carry prepared here).
 # See benchmarks/gpu.py for the device call and what to carry.

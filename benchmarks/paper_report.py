@@ -5,8 +5,9 @@
 Table 1 is a grid (dataset x vanilla / contextual calibration / E2E / ABFT, accuracy +- standard error and
 macro-F1; seeds averaged, their spread shown) with a mean row over the datasets that have every column. Each
 claim line says holds / does not hold / cannot be decided yet, with the numbers; a claim whose cells have not
-landed names them. Standard errors of a difference treat its two sides as independent samples (the same test
-prompts are used before and after, so this overstates them): "holds" needs the difference beyond 2 of them.
+landed names them. A change from vanilla uses the cells' paired standard errors (metrics.json `change`: the same
+prompts before and after) when every cell has one; other differences treat their two sides as independent
+samples, which overstates them. "holds" needs the difference beyond 2 standard errors.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def load(directory: Path = OUT) -> dict[str, dict]:
 class Est:
     """An accuracy (or mean of accuracies) with its standard error; macro-F1 and the seeds' spread beside it."""
 
-    def __init__(self, value: float, se: float, f1: float | None = None, spread: float = 0.0, n: int = 1):
+    def __init__(self, value: float, se: float, f1=None, spread: float = 0.0, n: int = 1, change_se=None):
         self.value, self.se, self.f1, self.spread, self.n = value, se, f1, spread, n
+        self.change_se = change_se  # a trained cell's paired s.e. of its change from vanilla (same prompts)
 
     def __sub__(self, other: Est) -> Est:
         return Est(self.value - other.value, math.hypot(self.se, other.se))
@@ -48,12 +50,14 @@ def average(ests: list[Est]) -> Est:
     """The mean of independent estimates (datasets, or seeds of one cell on the same prompts: then the spread)."""
     values = [e.value for e in ests]
     f1s = [e.f1 for e in ests if e.f1 is not None]
+    paired = [e.change_se for e in ests if e.change_se is not None]
     return Est(
         mean(values),
         math.sqrt(sum(e.se**2 for e in ests)) / len(ests),
         mean(f1s) if len(f1s) == len(ests) else None,
         max(values) - min(values),
         len(ests),
+        math.sqrt(sum(x**2 for x in paired)) / len(ests) if len(paired) == len(ests) else None,
     )
 
 
@@ -72,7 +76,10 @@ def table1(rows: dict[str, dict], model: str) -> dict[str, dict[str, Est]]:
                 grid[r["dataset"]]["calibration"].append(Est(acc, se, before["calibrated_macro_f1"]))
         elif "after" in r:
             after = r["after"]
-            grid[r["dataset"]][r["method"]].append(Est(after["accuracy"], after["accuracy_se"], after.get("macro_f1")))
+            change_se = (r.get("change") or {}).get("se")
+            grid[r["dataset"]][r["method"]].append(
+                Est(after["accuracy"], after["accuracy_se"], after.get("macro_f1"), change_se=change_se)
+            )
         if not grid[r["dataset"]]["vanilla"]:  # every cell of a dataset shares the vanilla prompts and score
             grid[r["dataset"]]["vanilla"].append(vanilla)
     return {d: {c: average(ests) for c, ests in cols.items()} for d, cols in grid.items()}
@@ -109,6 +116,8 @@ def pair_claim(grid: dict, model: str, better: str, worse: str, paper: str, at_l
         return f"- {better} vs {worse} ({SHORT[model]}; paper: {paper}): no dataset has both yet."
     a, b = average([grid[d][better] for d in both]), average([grid[d][worse] for d in both])
     diff = a - b
+    if worse == "vanilla" and a.change_se is not None:  # every cell has its paired error: the tighter one
+        diff.se = a.change_se
     lead = f"by more than {at_least:.2f}" if at_least else "on average"
     return (
         f"- {better} above {worse} {lead} ({SHORT[model]}, mean of {len(both)} of 8 datasets; paper: {paper}): "

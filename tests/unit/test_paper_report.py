@@ -73,3 +73,14 @@ def test_protocol_claims_compare_abft_with_e2e_per_dataset():
     lines = paper_report.protocol_claims(rows)
     assert "ABFT ahead on 1 of 1 datasets, mean difference +0.100 (sst2)" in lines[0]
     assert "mean difference +0.000" in lines[1]
+
+
+def test_change_from_vanilla_uses_the_paired_error_when_every_cell_has_one():
+    name, row = _cell("sst2", "abft", 0.60, 0.62)
+    loose = paper_report.pair_claim(paper_report.table1({name: row}, "smollm2-135m"), "smollm2-135m", "abft",
+                                    "vanilla", "p")  # fmt: skip
+    assert "cannot be decided" in loose and "+- 0.014" in loose  # hypot(0.01, 0.01)
+    row["change"] = {"se": 0.005}
+    tight = paper_report.pair_claim(paper_report.table1({name: row}, "smollm2-135m"), "smollm2-135m", "abft",
+                                    "vanilla", "p")  # fmt: skip
+    assert "**holds**" in tight and "+- 0.005" in tight

@@ -138,19 +138,56 @@ def f1_disagreements(rows: dict[str, dict]) -> str:
     return "- accuracy and macro-F1 disagree in: " + ("; ".join(bad) if bad else "no finished cell.")
 
 
+PROTOCOL_COLUMNS = {  # Tables 2-3 and unseen labels: column -> where its number sits in a stage's metrics
+    "in-domain acc.": ("generalization", "in_domain_accuracy"),
+    "out-of-domain acc. (mean of 7)": ("generalization", "out_of_domain_accuracy"),
+    "template consistency": ("template", "consistency"),
+    "demonstration consistency": ("demo", "consistency"),
+    "unseen-label acc.": ("unseen_label", "unseen_label", "accuracy"),
+}
+
+
+def _dig(stage: dict, keys: tuple) -> float | None:
+    try:
+        return functools.reduce(lambda d, k: d[k], keys, stage)
+    except (KeyError, TypeError):
+        return None
+
+
+def protocol_markdown(rows: dict[str, dict]) -> str | None:
+    """One row per t23 cell: each protocol's number before -> after training (the 0-shot unseen-label accuracy
+    beside them: the floor a model that copies no demonstration label reaches)."""
+    t23 = [r for r in rows.values() if r["cell"].startswith("t23-") and "after" in r]
+    if not t23:
+        return None
+    lines = ["| cell | " + " | ".join(PROTOCOL_COLUMNS) + " | unseen labels, 0-shot |", "|---" * 7 + "|"]
+    for r in sorted(t23, key=lambda r: r["cell"]):
+        cells = []
+        for keys in PROTOCOL_COLUMNS.values():
+            b, a = _dig(r.get("before", {}), keys), _dig(r["after"], keys)
+            cells.append("-" if a is None else (f"{b:.3f} -> **{a:.3f}**" if b is not None else f"**{a:.3f}**"))
+        zero = _dig(r["after"], ("unseen_label", "zero_shot", "accuracy"))
+        lines.append(f"| {r['cell']} | " + " | ".join(cells) + f" | {'-' if zero is None else f'{zero:.3f}'} |")
+    return "\n".join(lines)
+
+
 def protocol_claims(rows: dict[str, dict]) -> list[str]:
     """Tables 2-3 and unseen labels from the t23 cells (one run per dataset and method, every protocol)."""
     out = []
     got = {(r["dataset"], r["method"]): r for r in rows.values() if r["cell"].startswith("t23-") and "after" in r}
     checks = {  # claim -> where its number sits in a stage's metrics
-        "out of domain, ABFT above E2E (paper: 64.34 vs 61.74)": ("generalization", "out_of_domain_accuracy"),
-        "template consistency, ABFT above E2E (paper, Llama3-8B: 86.93 -> 90.32)": ("template", "consistency"),
-        "demonstration consistency, ABFT above E2E (paper: 76.99 -> 92.00)": ("demo", "consistency"),
-        "unseen labels, ABFT above E2E (paper, Fig. 3)": ("unseen_label", "unseen_label", "accuracy"),
+        "out of domain, ABFT above E2E (paper: 64.34 vs 61.74)": PROTOCOL_COLUMNS["out-of-domain acc. (mean of 7)"],
+        "template consistency, ABFT above E2E (paper, Llama3-8B: 86.93 -> 90.32)": PROTOCOL_COLUMNS[
+            "template consistency"
+        ],
+        "demonstration consistency, ABFT above E2E (paper: 76.99 -> 92.00)": PROTOCOL_COLUMNS[
+            "demonstration consistency"
+        ],
+        "unseen labels, ABFT above E2E (paper, Fig. 3)": PROTOCOL_COLUMNS["unseen-label acc."],
     }
 
     def value(row: dict, keys: tuple) -> float:
-        return functools.reduce(lambda d, k: d[k], keys, row["after"])
+        return _dig(row["after"], keys)
 
     datasets = sorted({d for d, m in got if (d, "abft") in got and (d, "e2e") in got})
     for claim, keys in checks.items():
@@ -193,6 +230,9 @@ def main() -> None:
     for model, grid in grids.items():
         if grid:
             print(grid_markdown(grid, model) + "\n")
+    protocols = protocol_markdown(rows)
+    if protocols:
+        print(protocols + "\n")
     print("Claims:")
     claims = [
         pair_claim(grids[EMBEDDED], EMBEDDED, "abft", "vanilla", "GPT2-L 45.86 -> 63.21, Llama3-8B 66.60 -> 80.20"),

@@ -84,3 +84,17 @@ def test_change_from_vanilla_uses_the_paired_error_when_every_cell_has_one():
     tight = paper_report.pair_claim(paper_report.table1({name: row}, "smollm2-135m"), "smollm2-135m", "abft",
                                     "vanilla", "p")  # fmt: skip
     assert "**holds**" in tight and "+- 0.005" in tight
+
+
+def test_protocol_table_shows_each_protocol_before_and_after():
+    stage = lambda x: {  # noqa: E731
+        "generalization": {"in_domain_accuracy": x, "out_of_domain_accuracy": x / 2},
+        "template": {"consistency": x},
+        "demo": {"consistency": x},
+        "unseen_label": {"unseen_label": {"accuracy": x / 4}, "zero_shot": {"accuracy": 0.3}},
+    }
+    rows = {"t23-smollm2-sst2-abft-s0": {"cell": "t23-smollm2-sst2-abft-s0", "before": stage(0.6), "after": stage(0.8)}}
+    table = paper_report.protocol_markdown(rows)
+    assert "| t23-smollm2-sst2-abft-s0 | 0.600 -> **0.800** | 0.300 -> **0.400** |" in table
+    assert table.endswith("0.150 -> **0.200** | 0.300 |")
+    assert paper_report.protocol_markdown({}) is None

@@ -46,18 +46,24 @@ class Est:
         return text + (f" / F1 {self.f1:.3f}" if self.f1 is not None else "")
 
 
-def average(ests: list[Est]) -> Est:
-    """The mean of independent estimates (datasets, or seeds of one cell on the same prompts: then the spread)."""
+def average(ests: list[Est], same_prompts: bool = False) -> Est:
+    """The mean of estimates: of datasets (independent samples: the errors add in quadrature), or of one cell's
+    seeds (`same_prompts`: the same test prompts, so the errors are not independent; their mean is kept, a
+    conservative bound) with the seeds' spread."""
     values = [e.value for e in ests]
     f1s = [e.f1 for e in ests if e.f1 is not None]
     paired = [e.change_se for e in ests if e.change_se is not None]
+
+    def combine(errors: list[float]) -> float:
+        return mean(errors) if same_prompts else math.sqrt(sum(x**2 for x in errors)) / len(errors)
+
     return Est(
         mean(values),
-        math.sqrt(sum(e.se**2 for e in ests)) / len(ests),
+        combine([e.se for e in ests]),
         mean(f1s) if len(f1s) == len(ests) else None,
         max(values) - min(values),
         len(ests),
-        math.sqrt(sum(x**2 for x in paired)) / len(ests) if len(paired) == len(ests) else None,
+        combine(paired) if len(paired) == len(ests) else None,
     )
 
 
@@ -82,7 +88,7 @@ def table1(rows: dict[str, dict], model: str) -> dict[str, dict[str, Est]]:
             )
         if not grid[r["dataset"]]["vanilla"]:  # every cell of a dataset shares the vanilla prompts and score
             grid[r["dataset"]]["vanilla"].append(vanilla)
-    return {d: {c: average(ests) for c, ests in cols.items()} for d, cols in grid.items()}
+    return {d: {c: average(ests, same_prompts=True) for c, ests in cols.items()} for d, cols in grid.items()}
 
 
 def grid_markdown(grid: dict[str, dict[str, Est]], model: str) -> str:

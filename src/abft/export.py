@@ -295,15 +295,17 @@ def _results(metrics: dict) -> list[str]:
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     if len(se) == 2:
         change = stages["after"]["accuracy"] - stages["before"]["accuracy"]
+        paired = metrics.get("change") if isinstance(metrics.get("change"), dict) else {}
+        error = paired.get("se") if _finite(paired.get("se")) else None
+        note = "paired: the same prompts before and after"
+        if error is None and None not in se.values():
+            error = math.hypot(se["before"], se["after"])
+            note = "treating the two stages as independent samples, which overstates it"
         cells = [f"{change:+.3f}", "", ""]
-        if None not in se.values():
-            half = 1.96 * math.hypot(se["before"], se["after"])
-            cells[1:] = [
-                f"{math.hypot(se['before'], se['after']):.3f}",
-                f"[{change - half:+.3f}, {change + half:+.3f}]",
-            ]
+        if error is not None:
+            cells[1:] = [f"{error:.3f}", f"[{change - 1.96 * error:+.3f}, {change + 1.96 * error:+.3f}]"]
         lines.append("| change | " + " | ".join(cells) + " | | | |")
-        lines += ["", "(The change's interval treats the two stages as independent samples, which overstates it.)"]
+        lines += ["", f"(The change's standard error is {note}.)"]
     return lines
 
 

@@ -39,7 +39,7 @@ from .evaluation import evaluate_prompts, fore_cache, suites
 from .evaluation import mauve as mauve_eval
 from .evaluation.predictions import paired_change, prediction_records, read_jsonl, to_jsonl
 from .evaluation.protocols import accuracy_se
-from .evaluation.scoring import ScoreCache, Scorer
+from .evaluation.scoring import Scorer
 from .models.context import check_context
 from .models.lora import add_lora
 from .models.weights import BaseWeights, save_trained
@@ -269,6 +269,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
         _train(cfg, job, out, metrics, evaluate, log)
     if "accuracy" in metrics.get("before", {}) and "accuracy" in metrics.get("after", {}):
         metrics["accuracy_gain"] = metrics["after"]["accuracy"] - metrics["before"]["accuracy"]
+        metrics.pop("change", None)  # a resumed run's metrics.json is read back: never keep its change unchecked
         before, after = _read_predictions(out, "before"), _read_predictions(out, "after")
         change = paired_change(before, after) if before and after else None
         if change is not None:
@@ -334,9 +335,9 @@ def _train(cfg: RunConfig, job: _Job, out: RunDir, metrics: dict, evaluate, log)
 def _normal_probs(job: _Job, cache: suites.ScoreCache) -> np.ndarray | None:
     """The normal test's (N, C) label distributions from the stage's score cache (no second forward), or None
     when the normal test was not selected."""
-    labels = job.builder.label_token_ids
-    if not job.test or ScoreCache.key(job.test[0], labels) not in cache:
+    if "normal" not in job.sets or not job.test:  # (template 0 caches the first normal prompts: not a test)
         return None
+    labels = job.builder.label_token_ids
     return Scorer(job.model, job.tokenizer.pad_token_id, cache=cache).probs(job.test, labels)
 
 
@@ -356,7 +357,7 @@ def _read_predictions(out: RunDir, stage: str) -> list[dict] | None:
     path = out.file(PREDICTIONS_FILE.format(stage=stage))
     try:
         records = read_jsonl(path.read_text()) if path.is_file() else None
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: [[[[...]]]]
         return None
     fields = (("prediction", int), ("correct", bool))
     valid = records is not None and all(

@@ -395,3 +395,16 @@ def test_abft_export_command(capsys, tmp_path, delta_run):
     assert main(["export", str(delta_run), "--merged", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("abft: error:")
+
+
+def test_model_card_change_uses_the_paired_error_when_the_run_has_it():
+    from abft.export import _results
+
+    stage = {"accuracy": 0.6, "accuracy_se": 0.03, "prompts": 256}
+    metrics = {"before": stage, "after": {**stage, "accuracy": 0.7}}
+    assert "| change | +0.100 | 0.042 | [+0.017, +0.183] |" in "\n".join(_results(metrics))  # independent
+    metrics["change"] = {"se": 0.02}
+    text = "\n".join(_results(metrics))
+    assert "| change | +0.100 | 0.020 | [+0.061, +0.139] |" in text and "paired" in text
+    metrics["change"] = {"se": "0.02"}  # an edited metrics.json: back to the independent error
+    assert "| change | +0.100 | 0.042 |" in "\n".join(_results(metrics))

@@ -54,6 +54,7 @@ def test_seeds_are_averaged_with_their_spread():
     rows[name.replace("s0", "s1")] = second
     est = paper_report.table1(rows, "smollm2-135m")["sst2"]["abft"]
     assert (est.value, est.spread, est.n) == (pytest.approx(0.85), pytest.approx(0.1), 2)
+    assert est.se == pytest.approx(0.01)  # the same prompts: the seeds' errors are not independent
     assert "2 seeds" in est.cell()
 
 

@@ -115,9 +115,13 @@ def load(key: str, cfg, golds: Sequence[int] | None, classes: int) -> Entry | No
     when it is not selected), `classes`: the number of label words. Raises BadEntry for an entry that is
     unreadable or altered (its digest does not match its content), or does not fit this run."""
     path = _path(key)
-    if not path.exists():
-        return None
-    if not path.is_file():  # a directory, or a FIFO that would block the read
+    try:
+        if not path.exists():
+            return None
+        regular = path.is_file()
+    except OSError as exc:  # a cache directory this user may not search
+        raise BadEntry(f"unreadable ({exc.__class__.__name__})") from None
+    if not regular:  # a directory, or a FIFO that would block the read
         raise BadEntry("not a regular file")
     try:
         text = path.read_text()
@@ -135,7 +139,10 @@ def load(key: str, cfg, golds: Sequence[int] | None, classes: int) -> Entry | No
     probs = None if golds is None else _probs(entry.get("probs"), golds, classes, before)
     try:  # a digest anyone can compute proves nothing about shapes: the fields the run reads must be there
         suites.stage_lines(cfg, before)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        if cfg.eval.generalization_test:  # the run's in/out-of-domain table reads the block after training
+            generalization = before["generalization"]
+            suites.format_generalization_table(suites.generalization_table(generalization, generalization))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError):  # 10**400: overflow
         raise BadEntry("its before block lacks fields of the selected tests") from None
     return Entry(before, probs)
 
@@ -147,10 +154,10 @@ def _probs(rows, golds: Sequence[int], classes: int, before: dict) -> np.ndarray
     numbers = numbers and all(isinstance(r, list) and len(r) == classes for r in rows)
     if not (numbers and all(type(x) in (int, float) for r in rows for x in r)):  # no strings, bools or nulls
         raise BadEntry(f"its per-prompt probabilities are not {n} x {classes} numbers")
-    probs = np.asarray(rows, dtype=np.float64)
     try:
+        probs = np.asarray(rows, dtype=np.float64)  # OverflowError: an integer beyond float64
         acc = metrics.accuracy(probs, np.asarray(golds, dtype=np.int64))
-    except ValueError:  # NaN, out of [0, 1], rows not summing to 1
+    except (ValueError, OverflowError):  # NaN, out of [0, 1], rows not summing to 1
         raise BadEntry("its per-prompt probabilities are not label distributions") from None
     if before.get("prompts") != n or before.get("accuracy") != acc:
         raise BadEntry("its per-prompt probabilities disagree with its accuracy")

@@ -79,19 +79,21 @@ def seconds_text(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else fmt(value)
 
 
-def _cell(value, text=fmt) -> str:
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):  # records: a table in the cell
+def _cell(value, text=fmt, nest: bool = True) -> str:
+    records = isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+    if nest and records:  # a table in the cell, one level deep (deeper records are text: a crafted file nests)
         keys = list(dict.fromkeys(k for record in value for k in record))
-        return f"<td>{table('', keys, [[record.get(k, '') for k in keys] for record in value])}</td>"
+        return f"<td>{table('', keys, [[record.get(k, '') for k in keys] for record in value], nest=False)}</td>"
     cls = ' class="num"' if _number(value) else ""
     return f"<td{cls}>{html.escape(text(value))}</td>"
 
 
-def table(table_id: str, header: list[str] | None, rows: list[list], text=fmt) -> str:
-    """An HTML table (no header row when `header` is None); `text` writes a cell's value."""
+def table(table_id: str, header: list[str] | None, rows: list[list], text=fmt, nest: bool = True) -> str:
+    """An HTML table (no header row when `header` is None); `text` writes a cell's value; `nest`: a list of
+    records in a cell becomes a table in it."""
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in header or ())
     head = "" if header is None else f"<thead><tr>{cells}</tr></thead>\n"
-    body = "\n".join("<tr>" + "".join(_cell(v, text) for v in row) + "</tr>" for row in rows)
+    body = "\n".join("<tr>" + "".join(_cell(v, text, nest) for v in row) + "</tr>" for row in rows)
     attr = f' id="{table_id}"' if table_id else ""
     return f"<table{attr}>\n{head}<tbody>\n{body}\n</tbody>\n</table>"
 
@@ -263,7 +265,7 @@ def report_run(run_dir: str | Path) -> Path:
         raise UserError(f"run directory {run} does not exist")
     try:
         return write_report(run)
-    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:  # edited files of another shape
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, RecursionError) as exc:  # edited files
         raise UserError(
             f"cannot write the report of {run}: its JSON files are not shaped as abft writes them "
             f"({type(exc).__name__}: {exc}); restore them or rerun"

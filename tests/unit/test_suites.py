@@ -472,6 +472,26 @@ def test_reuse_fore_test_hits_only_for_the_same_base_model_prompts_and_settings(
     assert not run("other-template-set", "--test-type", "normal")[1]
 
 
+def test_reuse_fore_test_covers_every_protocol_of_a_paper_table_cell(patch_runner, tok, tmp_path, capsys):
+    """benchmarks/paper_tables.py's t23 cells: the E2E run reuses the ABFT run's whole before stage."""
+    protocols = ["--test-type", "normal", "template", "demo", "--unseen-label-test", "--reuse-fore-test"]
+
+    def run(name, *extra):
+        patch_runner(tokenizer=tok, dataset=toy(n_cal=16))
+        args = ["--k", "1", "--test-samples", "4", *TRAIN, *protocols, *extra, "--output", str(tmp_path / name)]
+        assert main(["run", *args]) == 0
+        read = lambda f: json.loads((tmp_path / name / f).read_text())  # noqa: E731
+        return read("metrics.json")["before"], "before_reused" in read("timings.json")
+
+    first, reused = run("abft")
+    assert not reused and {"template", "demo", "unseen_label"} <= set(first)
+    capsys.readouterr()
+    second, reused = run("e2e", "--method", "e2e")
+    printed = capsys.readouterr().out
+    assert reused and second == first
+    assert "demonstration consistency" in printed and "unseen-label accuracy" in printed
+
+
 # --------------------------------------------------------------------------------- calibration, context
 def test_batched_calibration_is_the_per_prompt_one_bit_for_bit():
     rng = np.random.default_rng(0)

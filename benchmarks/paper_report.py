@@ -192,15 +192,12 @@ def protocol_claims(rows: dict[str, dict]) -> list[str]:
         "unseen labels, ABFT above E2E (paper, Fig. 3)": PROTOCOL_COLUMNS["unseen-label acc."],
     }
 
-    def value(row: dict, keys: tuple) -> float:
-        return _dig(row["after"], keys)
-
     datasets = sorted({d for d, m in got if (d, "abft") in got and (d, "e2e") in got})
     for claim, keys in checks.items():
         if not datasets:
             out.append(f"- {claim}: not measured yet (cells {', '.join(missing(rows, 't23-')[:4])}, ...).")
             continue
-        diffs = [value(got[d, "abft"], keys) - value(got[d, "e2e"], keys) for d in datasets]
+        diffs = [_dig(got[d, "abft"]["after"], keys) - _dig(got[d, "e2e"]["after"], keys) for d in datasets]
         wins = sum(x > 0 for x in diffs)
         out.append(
             f"- {claim}: ABFT ahead on {wins} of {len(datasets)} datasets, "

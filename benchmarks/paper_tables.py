@@ -4,26 +4,35 @@
     python benchmarks/paper_tables.py --list         # cells, done or not, and their commands
     python benchmarks/paper_tables.py --only t1-smollm2 --commit   # a subset; `git commit` each finished cell
 
-Each cell is one ordinary `abft run` command. Its small JSON lands in benchmarks/paper/<cell>.json when the
-run has finished (test-prompt count, accuracy and its standard error, macro-F1, recency copy rate, what the
-recipe chose, the validation curve's kept step, wall time, the command). A cell whose JSON exists is skipped;
-an interrupted run directory (under --runs, default runs/paper) is resumed with `abft run --resume`. Run
-directories are scratch: only the committed JSON counts, so a later session continues from the files.
+Each cell is one ordinary `abft run` or `abft evaluate` command, except the cells of Tables 2-3 and unseen
+labels: they test the model a Table 1 cell trained (same dataset, method and seed) on every protocol, so the
+tables describe one model and no model is trained twice: `abft export` merges that run's trained weights, and
+`abft evaluate` tests the merged model and (once per dataset, `...-base`) the base model. A cell's small JSON
+lands in benchmarks/paper/<cell>.json when it has finished (test-prompt count, accuracy and its standard error,
+macro-F1, recency copy rate, what the recipe chose, the validation curve's kept step, wall time, the commands).
+A cell whose JSON exists is skipped; an interrupted run directory (under --runs, default runs/paper) is resumed
+with `abft run --resume`, and a training run another cell needs is run again when its directory is gone (same
+seed and settings: the same weights). Run directories are scratch: only the committed JSON counts, so a later
+session continues from the files.
 
 Order: the most informative cells first: issue 13's check of the default recipe (four datasets on the
-embedded model, SST-2 on Gemma-3-270M), calibration (cheap) and E2E on the same four, one run per (dataset, method)
-with every protocol for Tables 2-3 and unseen labels, the ablations, then the other datasets, seed 1, Gemma.
+embedded model, SST-2 on Gemma-3-270M), calibration (cheap) and E2E on the same four, every protocol for
+Tables 2-3 and unseen labels on the trained models of those, the ablations, then the other datasets, seed 1,
+Gemma.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from abft.evaluation.generalization import generalization_table
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "paper"
@@ -50,9 +59,12 @@ class Cell:
     dataset: str
     args: tuple[str, ...] = ()
     verb: str = "run"  # or "evaluate": the base model only
+    trained: Cell | None = None  # evaluate the model this training cell's run made (and `base`, the base model)
+    base: Cell | None = None
 
-    def command(self, run_dir: Path) -> list[str]:
-        return [*ABFT, self.verb, "--model", self.model, "--dataset", self.dataset, "--test-samples", str(TEST),
+    def command(self, run_dir: Path, model: str | None = None) -> list[str]:
+        verb = "evaluate" if self.trained else self.verb
+        return [*ABFT, verb, "--model", model or self.model, "--dataset", self.dataset, "--test-samples", str(TEST),
                 *self.args, "--output", str(run_dir)]  # fmt: skip
 
 
@@ -69,12 +81,19 @@ def cells() -> list[Cell]:
         args = ("--calibration", "contextual")
         return Cell(f"t1-{short[model]}-{dataset}-calibration", "table1", model, dataset, args, verb="evaluate")
 
-    def t23(dataset, method):  # Tables 2 and 3 and unseen labels: one training run, every protocol before/after
-        # (E2E runs right after ABFT on the same code: it reuses ABFT's before stage, the longer half of a cell)
-        args = ("--reuse-fore-test", "--method", method, "--generalization-test", "--unseen-label-test")
-        args += ("--test-type", "normal")
-        args += ("template", "demo")
-        return Cell(f"t23-smollm2-{dataset}-{method}-s0", "table2,table3,unseen", EMBEDDED, dataset, args)
+    def t23(dataset, method):  # Tables 2 and 3 and unseen labels: every protocol on Table 1's trained model
+        protocols = ("--generalization-test", "--unseen-label-test", "--test-type", "normal", "template", "demo")
+        base = Cell(f"t23-smollm2-{dataset}-base", "", EMBEDDED, dataset, ("--reuse-fore-test", *protocols), "evaluate")
+        cell_id = f"t23-smollm2-{dataset}-{method}-s0"
+        return Cell(
+            cell_id,
+            "table2,table3,unseen",
+            EMBEDDED,
+            dataset,
+            protocols,
+            trained=t1(EMBEDDED, dataset, method),
+            base=base,
+        )
 
     ablations = {"no-pid": ("--adaptive-penalty", "none"), "no-filter": ("--no-head-filter",)}
     ablations |= {"a0": ("--wrong-label-penalty", "0"), "b0": ("--correct-label-reward", "0")}
@@ -95,21 +114,31 @@ def cells() -> list[Cell]:
     return out
 
 
-def summarize(cell: Cell, run_dir: Path, command: list[str], seconds: float) -> dict:
-    """The cell's JSON from its finished run directory."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
+def _stage(block: dict) -> dict:
+    """What a cell keeps of one stage's metrics (metrics.json "before" or "after")."""
     keys = ("accuracy", "accuracy_se", "macro_f1", "copies_last_label", "prompts")
-    stage = {s: {k: metrics[s][k] for k in keys if k in metrics[s]} for s in ("before", "after") if s in metrics}
-    for s in stage:
-        if "calibration" in metrics[s]:
-            calibration = metrics[s]["calibration"]  # "calibrated": runs before --calibration took methods
-            contextual = calibration.get("contextual") or calibration["calibrated"]
-            stage[s]["calibrated_accuracy"] = contextual["accuracy"]
-            stage[s]["calibrated_macro_f1"] = contextual["macro_f1"]
-        for key in ("template", "demo", "unseen_label", "generalization"):  # Tables 2-3, unseen labels
-            if key in metrics[s]:
-                stage[s][key] = metrics[s][key]
+    stage = {k: block[k] for k in keys if k in block}
+    if "calibration" in block:
+        calibration = block["calibration"]  # "calibrated": runs before --calibration took methods
+        contextual = calibration.get("contextual") or calibration["calibrated"]
+        stage["calibrated_accuracy"] = contextual["accuracy"]
+        stage["calibrated_macro_f1"] = contextual["macro_f1"]
+    for key in ("template", "demo", "unseen_label", "generalization"):  # Tables 2-3, unseen labels
+        if key in block:
+            stage[key] = block[key]
+    return stage
+
+
+def _read(run_dir: Path, name: str) -> dict:
+    return json.loads((run_dir / name).read_text())
+
+
+def summarize(cell: Cell, run_dir: Path, command: str, seconds: float, stages: dict | None = None) -> dict:
+    """The cell's JSON from its finished run directory (a training run, or the base model's evaluation);
+    `stages`: the before / after blocks when they come from elsewhere (a trained model's protocols)."""
+    metrics, config = _read(run_dir, "metrics.json"), _read(run_dir, "config.json")
+    stage = {s: _stage(block) for s, block in (stages or metrics).items() if s in ("before", "after")}
+    trained = "train" in config and (cell.verb == "run" or cell.trained is not None)
     validation = metrics.get("validation", {})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {
@@ -117,43 +146,89 @@ def summarize(cell: Cell, run_dir: Path, command: list[str], seconds: float) -> 
         "table": cell.table,
         "model": cell.model,
         "dataset": cell.dataset,
-        "method": config["train"]["method"] if cell.verb == "run" else "base",
+        "method": config["train"]["method"] if trained else "base",
         "seed": config["seed"],
-        "command": " ".join(["abft", *command[len(ABFT) :]]).replace(str(run_dir), "RUN_DIR"),
+        "command": command,
         **stage,
         "train": {k: config["train"][k] for k in ("recipe", "lr", "val_samples", "val_every", "keep", "epochs")}
-        if cell.verb == "run"
+        if trained
         else None,
-        "train_samples": config["data"]["train_samples"] if cell.verb == "run" else 0,
+        "train_samples": config["data"]["train_samples"] if trained else 0,
         "recipe_choices": config.get("recipe_choices"),
         "validation": {k: validation[k] for k in ("prompts", "kept_step", "best_accuracy", "base_accuracy")}
         if validation
         else None,
-        "in_vs_out_of_domain": metrics.get("generalization"),
+        "in_vs_out_of_domain": generalization_table(
+            stage.get("before", {}).get("generalization"), stage.get("after", {}).get("generalization")
+        ),  # fmt: skip
         "change": metrics.get("change"),  # paired: accuracy, se, prompts right / wrong only after training
         "validation_curve": [[r["step"], r["accuracy"]] for r in validation.get("curve", [])],
+        "trained_by": cell.trained.id if cell.trained else None,
         "wall_seconds": round(seconds),
         "date": time.strftime("%Y-%m-%d"),
         "abft_commit": commit.stdout.strip(),
     }
 
 
-def run_cell(cell: Cell, runs: Path, commit: bool) -> None:
-    run_dir = runs / cell.id
-    status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
-    command = cell.command(run_dir)
-    if status.get("state") != "finished":
+def _shown(argv: list[str], **dirs: Path) -> str:
+    """A command as the cell's JSON shows it: `abft ...`, with scratch directories named by role."""
+    text = " ".join(["abft", *argv[len(ABFT) :]])
+    for name, path in dirs.items():
+        text = text.replace(str(path), name)
+    return text
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / "status.json").is_file() and _read(run_dir, "status.json").get("state") == "finished"
+
+
+def _finish(cell: Cell, run_dir: Path) -> float:
+    """Run (or resume) `cell`'s own command in `run_dir` unless that run has finished; the run's seconds."""
+    if not _finished(run_dir):
         resumable = cell.verb == "run" and (run_dir / "config.json").is_file()
-        argv = [*ABFT, "run", "--resume", str(run_dir)] if resumable else [*command, "--overwrite"]
-        print(f"[{time.strftime('%H:%M:%S')}] {cell.id}: {' '.join(argv[len(ABFT) - 1 :])}", flush=True)
-        start = time.time()
-        subprocess.run(argv, cwd=ROOT, check=True)
-        seconds = time.time() - start
+        _execute(
+            cell, [*ABFT, "run", "--resume", str(run_dir)] if resumable else [*cell.command(run_dir), "--overwrite"]
+        )
+    return _read(run_dir, "timings.json")["run_seconds"]
+
+
+def _execute(cell: Cell, argv: list[str]) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {cell.id}: {' '.join(argv[len(ABFT) - 1 :])}", flush=True)
+    subprocess.run(argv, cwd=ROOT, check=True)
+
+
+def _trained_protocols(cell: Cell, runs: Path) -> dict:
+    """A Tables 2-3 cell: the base model's and the trained model's protocols, each one `abft evaluate`; the
+    trained model is the merged export of the training cell's run (trained again when its directory is gone)."""
+    source, base = runs / cell.trained.id, runs / cell.base.id
+    after, model = runs / f"{cell.id}-trained", runs / f"{cell.id}-model"  # not the run of an older driver
+    _finish(cell.trained, source)  # resumed, or trained again when its directory is gone
+    seconds = _finish(cell.base, base)
+    if not _finished(after):
+        if not model.is_dir():  # export renames a complete model into place: present means whole
+            _execute(cell, [*ABFT, "export", "--merged", str(model), str(source)])
+        _execute(cell, [*cell.command(after, model=str(model)), "--overwrite"])
+    shutil.rmtree(model, ignore_errors=True)  # ours, written above; 0.5 GB each
+    seconds += _finish(cell, after)  # the evaluations' cost; the training's is its own cell's
+    steps = [
+        _shown([*ABFT, "export", "--merged", str(model), str(source)], MODEL=model, TRAINED_RUN=source),
+        _shown(cell.command(after, model=str(model)), MODEL=model, RUN_DIR=after),
+        _shown(cell.base.command(base), BASE_RUN=base),
+    ]
+    stages = {"before": _read(base, "metrics.json")["before"], "after": _read(after, "metrics.json")["before"]}
+    return summarize(cell, source, " && ".join(steps), seconds, stages)
+
+
+def run_cell(cell: Cell, runs: Path, commit: bool) -> None:
+    if cell.trained:
+        summary = _trained_protocols(cell, runs)
     else:
-        seconds = json.loads((run_dir / "timings.json").read_text()).get("run_seconds", 0)
+        run_dir = runs / cell.id
+        seconds = _finish(cell, run_dir)
+        summary = summarize(cell, run_dir, _shown(cell.command(run_dir), RUN_DIR=run_dir), seconds)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{cell.id}.json"
-    path.write_text(json.dumps(summarize(cell, run_dir, command, seconds), indent=1) + "\n")
+    path.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"[{time.strftime('%H:%M:%S')}] {cell.id}: wrote {path.relative_to(ROOT)}", flush=True)
     if commit:
         _commit(path, f"paper tables: {cell.id}")
@@ -193,6 +268,11 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _listed(cell: Cell) -> list[str]:
+    model = f"MODEL(trained by {cell.trained.id})" if cell.trained else None
+    return cell.command(Path("RUN_DIR"), model=model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run only cells whose id starts with this")
@@ -210,7 +290,7 @@ def main() -> None:
     for cell in todo:
         done = (OUT / f"{cell.id}.json").is_file()
         if args.list:
-            print(f"{'done' if done else 'todo':5} {cell.id:40} {' '.join(cell.command(Path('RUN_DIR'))[3:])}")
+            print(f"{'done' if done else 'todo':5} {cell.id:40} {' '.join(_listed(cell)[3:])}")
         elif not done:
             run_cell(cell, args.runs, args.commit)
 

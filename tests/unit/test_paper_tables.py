@@ -1,0 +1,108 @@
+"""benchmarks/paper_tables.py: which commands a cell runs, what it skips, and the JSON it writes."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import paper_tables  # noqa: E402
+
+
+def _stage(accuracy, out_of_domain):
+    generalization = {"in_domain": "sst2", "in_domain_accuracy": accuracy, "out_of_domain_accuracy": out_of_domain,
+                      "datasets": {"sst2": {"accuracy": accuracy}, "trec": {"accuracy": out_of_domain}}}  # fmt: skip
+    return {"accuracy": accuracy, "accuracy_se": 0.03, "macro_f1": accuracy, "copies_last_label": 0.5,
+            "prompts": 256, "template": {"consistency": accuracy}, "generalization": generalization}  # fmt: skip
+
+
+@pytest.fixture
+def fake_abft(monkeypatch, tmp_path):
+    """`abft` replaced by a function that writes what the real commands write; the calls, as (verb, dir)."""
+    calls = []
+    trained_accuracy = {"abft": 0.9, "e2e": 0.95}
+
+    def execute(cell, argv):
+        verb, flags = argv[len(paper_tables.ABFT)], argv[len(paper_tables.ABFT) + 1 :]
+        value = lambda flag: flags[flags.index(flag) + 1]  # noqa: E731
+        if verb == "export":
+            out = Path(value("--merged"))
+            out.mkdir(parents=True)
+            (out / "model.safetensors").write_text(Path(flags[-1]).name)  # which run it merged
+            calls.append(("export", out.name))
+            return
+        out = Path(value("--output"))
+        out.mkdir(parents=True, exist_ok=True)
+        model = value("--model")
+        if verb == "run":
+            method = value("--method")
+            config = {"seed": 0, "train": {"method": method, "recipe": "auto", "lr": 3e-4, "val_samples": 128,
+                      "val_every": 4, "keep": "best", "epochs": 2}, "data": {"train_samples": 512}}  # fmt: skip
+            metrics = {"before": _stage(0.6, 0.4), "after": _stage(trained_accuracy[method], 0.5)}
+        else:  # evaluate: the base model, or a merged one (its accuracy: the trained run's)
+            merged = Path(model) / "model.safetensors"
+            method = merged.read_text().split("-")[-2] if merged.is_file() else None
+            config = {"seed": 0, "model": {"model": model}}
+            metrics = {"before": _stage(trained_accuracy[method], 0.5) if method else _stage(0.6, 0.4)}
+        for name, content in (("config.json", config), ("metrics.json", metrics)):
+            (out / name).write_text(json.dumps(content))
+        (out / "timings.json").write_text(json.dumps({"run_seconds": 100.0}))
+        (out / "status.json").write_text(json.dumps({"state": "finished"}))
+        calls.append((verb, out.name))
+
+    monkeypatch.setattr(paper_tables, "_execute", execute)
+    monkeypatch.setattr(paper_tables, "OUT", tmp_path / "paper")
+    monkeypatch.setattr(paper_tables, "ROOT", tmp_path)
+    return calls
+
+
+def _cell(cell_id):
+    return next(c for c in paper_tables.cells() if c.id == cell_id)
+
+
+def test_protocol_cells_test_the_table1_model_and_train_nothing_twice(fake_abft, tmp_path):
+    runs = tmp_path / "runs"
+    paper_tables.run_cell(_cell("t1-smollm2-sst2-abft-s0"), runs, commit=False)
+    assert fake_abft == [("run", "t1-smollm2-sst2-abft-s0")]
+    fake_abft.clear()
+
+    paper_tables.run_cell(_cell("t23-smollm2-sst2-abft-s0"), runs, commit=False)
+    assert fake_abft == [
+        ("evaluate", "t23-smollm2-sst2-base"),
+        ("export", "t23-smollm2-sst2-abft-s0-model"),
+        ("evaluate", "t23-smollm2-sst2-abft-s0-trained"),
+    ]  # no training: the Table 1 cell's run is finished
+    assert not (runs / "t23-smollm2-sst2-abft-s0-model").exists()  # the merged model is scratch
+    row = json.loads((tmp_path / "paper" / "t23-smollm2-sst2-abft-s0.json").read_text())
+    assert (row["before"]["accuracy"], row["after"]["accuracy"]) == (0.6, 0.9)
+    assert row["after"]["template"] == {"consistency": 0.9}
+    assert row["in_vs_out_of_domain"]["out_of_domain"] == {"before": 0.4, "after": 0.5, "gain": pytest.approx(0.1)}
+    assert row["method"] == "abft" and row["trained_by"] == "t1-smollm2-sst2-abft-s0"
+    assert row["train"]["lr"] == 3e-4 and row["wall_seconds"] == 200  # the two evaluations, not the training
+    assert "abft export --merged MODEL TRAINED_RUN && abft evaluate --model MODEL" in row["command"]
+    assert str(tmp_path) not in row["command"]
+    fake_abft.clear()
+
+    (runs / "t1-smollm2-sst2-e2e-s0").mkdir()  # E2E's run: begun and interrupted before it wrote its config
+    paper_tables.run_cell(_cell("t23-smollm2-sst2-e2e-s0"), runs, commit=False)
+    assert fake_abft == [  # trained first (not resumable yet); the base model's evaluation is shared
+        ("run", "t1-smollm2-sst2-e2e-s0"),
+        ("export", "t23-smollm2-sst2-e2e-s0-model"),
+        ("evaluate", "t23-smollm2-sst2-e2e-s0-trained"),
+    ]
+    row = json.loads((tmp_path / "paper" / "t23-smollm2-sst2-e2e-s0.json").read_text())
+    assert (row["method"], row["after"]["accuracy"]) == ("e2e", 0.95)
+
+
+def test_an_unfinished_training_run_is_resumed(fake_abft, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    source = runs / "t1-smollm2-trec-abft-s0"
+    source.mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    (source / "status.json").write_text(json.dumps({"state": "interrupted"}))
+    resumed = []
+    monkeypatch.setattr(paper_tables, "_execute", lambda cell, argv: resumed.append(argv[-2:]))
+    with pytest.raises(FileNotFoundError):  # the fake resume wrote nothing; what matters is what it ran
+        paper_tables.run_cell(_cell("t23-smollm2-trec-abft-s0"), runs, commit=False)
+    assert resumed == [["--resume", str(source)]]

@@ -106,3 +106,25 @@ def test_an_unfinished_training_run_is_resumed(fake_abft, tmp_path, monkeypatch)
     with pytest.raises(FileNotFoundError):  # the fake resume wrote nothing; what matters is what it ran
         paper_tables.run_cell(_cell("t23-smollm2-trec-abft-s0"), runs, commit=False)
     assert resumed == [["--resume", str(source)]]
+
+
+def test_a_training_run_export_refuses_is_moved_aside_and_trained_again(fake_abft, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    paper_tables.run_cell(_cell("t1-smollm2-trec-e2e-s0"), runs, commit=False)
+    source = runs / "t1-smollm2-trec-e2e-s0"
+    (source / "by-an-older-abft").write_text("kept")
+    fake, refused = paper_tables._execute, []
+
+    def execute(cell, argv):  # the first export refuses the run, as for one without config fingerprints
+        if "export" in argv and not refused:
+            refused.append(argv)
+            raise paper_tables.subprocess.CalledProcessError(2, argv)
+        fake(cell, argv)
+
+    monkeypatch.setattr(paper_tables, "_execute", execute)
+    fake_abft.clear()
+    paper_tables.run_cell(_cell("t23-smollm2-trec-e2e-s0"), runs, commit=False)
+    assert fake_abft[1:3] == [("run", "t1-smollm2-trec-e2e-s0"), ("export", "t23-smollm2-trec-e2e-s0-model")]
+    aside = [p for p in runs.iterdir() if p.name.startswith("t1-smollm2-trec-e2e-s0.refused-")]
+    assert len(aside) == 1 and (aside[0] / "by-an-older-abft").read_text() == "kept"  # moved, not deleted
+    assert json.loads((tmp_path / "paper" / "t23-smollm2-trec-e2e-s0.json").read_text())["after"]["accuracy"] == 0.95

@@ -206,7 +206,7 @@ def _trained_protocols(cell: Cell, runs: Path) -> dict:
     seconds = _finish(cell.base, base)
     if not _finished(after):
         if not model.is_dir():  # export renames a complete model into place: present means whole
-            _execute(cell, [*ABFT, "export", "--merged", str(model), str(source)])
+            _export(cell, source, model)
         _execute(cell, [*cell.command(after, model=str(model)), "--overwrite"])
     shutil.rmtree(model, ignore_errors=True)  # ours, written above; 0.5 GB each
     seconds += _finish(cell, after)  # the evaluations' cost; the training's is its own cell's
@@ -217,6 +217,20 @@ def _trained_protocols(cell: Cell, runs: Path) -> dict:
     ]
     stages = {"before": _read(base, "metrics.json")["before"], "after": _read(after, "metrics.json")["before"]}
     return summarize(cell, source, " && ".join(steps), seconds, stages)
+
+
+def _export(cell: Cell, source: Path, model: Path) -> None:
+    """Merge the training run's weights into `model`; a run `abft export` refuses (written by an abft without
+    config fingerprints) is trained again first: same seed and settings."""
+    try:
+        _execute(cell, [*ABFT, "export", "--merged", str(model), str(source)])
+    except subprocess.CalledProcessError:
+        _execute(cell.trained, [*cell.trained.command(source), "--overwrite"])
+        _execute(cell, [*ABFT, "export", "--merged", str(model), str(source)])
+        before = OUT / f"{cell.trained.id}.json"
+        if before.is_file():  # the same weights as the cell's or not: say so
+            then, now = _read(OUT, before.name)["after"]["accuracy"], _read(source, "metrics.json")["after"]["accuracy"]
+            print(f"{cell.trained.id} trained again: test accuracy after {now:.4f} (its cell: {then:.4f})", flush=True)
 
 
 def run_cell(cell: Cell, runs: Path, commit: bool) -> None:
@@ -292,7 +306,10 @@ def main() -> None:
         if args.list:
             print(f"{'done' if done else 'todo':5} {cell.id:40} {' '.join(_listed(cell)[3:])}")
         elif not done:
-            run_cell(cell, args.runs, args.commit)
+            try:
+                run_cell(cell, args.runs, args.commit)
+            except subprocess.CalledProcessError as exc:  # one cell's failure (in its log above) stops no other
+                print(f"[{time.strftime('%H:%M:%S')}] {cell.id}: failed (exit status {exc.returncode})", flush=True)
 
 
 if __name__ == "__main__":

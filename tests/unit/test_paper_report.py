@@ -58,22 +58,38 @@ def test_seeds_are_averaged_with_their_spread():
     assert "2 seeds" in est.cell()
 
 
-def test_protocol_claims_compare_abft_with_e2e_per_dataset():
-    def t23(dataset, method, out_of_domain):
-        after = {
+def test_protocol_claims_say_what_abft_does_and_how_it_compares_with_e2e():
+    def stage(out_of_domain, template, unseen, zero_shot=0.7):
+        return {
             "generalization": {"out_of_domain_accuracy": out_of_domain},
-            "template": {"consistency": 0.5},
+            "template": {"consistency": template},
             "demo": {"consistency": 0.5},
-            "unseen_label": {"unseen_label": {"accuracy": 0.1}},
+            "unseen_label": {"unseen_label": {"accuracy": unseen}, "zero_shot": {"accuracy": zero_shot}},
         }
-        return f"t23-smollm2-{dataset}-{method}-s0", {"cell": f"t23-smollm2-{dataset}-{method}-s0", "dataset": dataset,
-                                                      "method": method, "after": after}  # fmt: skip
 
-    rows = dict([t23("sst2", "abft", 0.7), t23("sst2", "e2e", 0.6), t23("trec", "abft", 0.5), t23("trec", "e2e", 0.6)])
-    rows.pop("t23-smollm2-trec-e2e-s0")  # a dataset with one method only is left out
+    def t23(dataset, method, after):
+        cell = f"t23-smollm2-{dataset}-{method}-s0"
+        return cell, {
+            "cell": cell,
+            "dataset": dataset,
+            "method": method,
+            "before": stage(0.4, 0.8, 0.1),
+            "after": after,
+        }
+
+    rows = dict([t23("sst2", "abft", stage(0.7, 0.7, 0.6)), t23("sst2", "e2e", stage(0.6, 0.7, 0.2))])
     lines = paper_report.protocol_claims(rows)
-    assert "ABFT ahead on 1 of 1 datasets, mean difference +0.100 (sst2)" in lines[0]
-    assert "mean difference +0.000" in lines[1]
+    assert "out of domain, ABFT above E2E" in lines[0] and "cannot be decided yet" in lines[0]
+    assert "1 of 1 datasets, mean difference +0.100 (sst2)" in lines[0]
+    rows |= dict([t23("trec", "abft", stage(0.5, 0.65, 0.5)), t23("subjective", "abft", stage(0.6, 0.72, 0.4))])
+    rows |= dict([t23("rotten_tomatoes", "e2e", stage(0.9, 0.9, 0.9))])  # a dataset with one method only
+    lines = {line.split(":")[0]: line for line in paper_report.protocol_claims(rows)}
+    ood = lines["- out of domain, ABFT above vanilla"]
+    assert "**holds**: 3 of 3 datasets, mean difference +0.200 +- 0.058" in ood  # s.d. 0.1 over 3 datasets
+    assert "1 of 1 datasets" in lines["- out of domain, ABFT above E2E (paper"]  # rotten_tomatoes left out
+    assert "**does not hold**: 0 of 3 datasets" in lines["- template consistency rises with ABFT (paper, Llama3-8B"]
+    closed = lines["- unseen labels"]  # gap to 0-shot: before 0.1 - 0.7, after (0.6, 0.5, 0.4) - 0.7
+    assert "mean difference +0.400" in closed and "**holds**" in closed
 
 
 def test_change_from_vanilla_uses_the_paired_error_when_every_cell_has_one():
@@ -92,10 +108,10 @@ def test_protocol_table_shows_each_protocol_before_and_after():
         "generalization": {"in_domain_accuracy": x, "out_of_domain_accuracy": x / 2},
         "template": {"consistency": x},
         "demo": {"consistency": x},
-        "unseen_label": {"unseen_label": {"accuracy": x / 4}, "zero_shot": {"accuracy": 0.3}},
+        "unseen_label": {"unseen_label": {"accuracy": x / 4}, "zero_shot": {"accuracy": x / 2}},
     }
     rows = {"t23-smollm2-sst2-abft-s0": {"cell": "t23-smollm2-sst2-abft-s0", "before": stage(0.6), "after": stage(0.8)}}
     table = paper_report.protocol_markdown(rows)
     assert "| t23-smollm2-sst2-abft-s0 | 0.600 -> **0.800** | 0.300 -> **0.400** |" in table
-    assert table.endswith("0.150 -> **0.200** | 0.300 |")
+    assert table.endswith("0.150 -> **0.200** | 0.300 -> **0.400** |")
     assert paper_report.protocol_markdown({}) is None

@@ -220,12 +220,15 @@ def _trained_protocols(cell: Cell, runs: Path) -> dict:
 
 
 def _export(cell: Cell, source: Path, model: Path) -> None:
-    """Merge the training run's weights into `model`; a run `abft export` refuses (written by an abft without
-    config fingerprints) is trained again first: same seed and settings."""
+    """Merge the training run's weights into `model`; a run `abft export` refuses (written by an older abft) is
+    moved aside, not deleted, and trained again: same seed and settings."""
     try:
         _execute(cell, [*ABFT, "export", "--merged", str(model), str(source)])
     except subprocess.CalledProcessError:
-        _execute(cell.trained, [*cell.trained.command(source), "--overwrite"])
+        aside = source.with_name(f"{source.name}.refused-{time.strftime('%Y%m%d-%H%M%S')}")
+        print(f"{source} moved aside to {aside.name}", flush=True)
+        source.rename(aside)
+        _execute(cell.trained, cell.trained.command(source))
         _execute(cell, [*ABFT, "export", "--merged", str(model), str(source)])
         before = OUT / f"{cell.trained.id}.json"
         if before.is_file():  # the same weights as the cell's or not: say so

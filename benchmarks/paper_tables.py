@@ -63,9 +63,8 @@ class Cell:
     base: Cell | None = None
 
     def command(self, run_dir: Path, model: str | None = None) -> list[str]:
-        verb = "evaluate" if self.trained else self.verb
-        return [*ABFT, verb, "--model", model or self.model, "--dataset", self.dataset, "--test-samples", str(TEST),
-                *self.args, "--output", str(run_dir)]  # fmt: skip
+        return [*ABFT, self.verb, "--model", model or self.model, "--dataset", self.dataset,
+                "--test-samples", str(TEST), *self.args, "--output", str(run_dir)]  # fmt: skip
 
 
 def cells() -> list[Cell]:
@@ -91,6 +90,7 @@ def cells() -> list[Cell]:
             EMBEDDED,
             dataset,
             protocols,
+            "evaluate",
             trained=t1(EMBEDDED, dataset, method),
             base=base,
         )
@@ -138,7 +138,7 @@ def summarize(cell: Cell, run_dir: Path, command: str, seconds: float, stages: d
     `stages`: the before / after blocks when they come from elsewhere (a trained model's protocols)."""
     metrics, config = _read(run_dir, "metrics.json"), _read(run_dir, "config.json")
     stage = {s: _stage(block) for s, block in (stages or metrics).items() if s in ("before", "after")}
-    trained = "train" in config and (cell.verb == "run" or cell.trained is not None)
+    trained = cell.verb == "run" or cell.trained is not None
     validation = metrics.get("validation", {})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {
@@ -204,14 +204,15 @@ def _trained_protocols(cell: Cell, runs: Path) -> dict:
     after, model = runs / f"{cell.id}-trained", runs / f"{cell.id}-model"  # not the run of an older driver
     _finish(cell.trained, source)  # resumed, or trained again when its directory is gone
     seconds = _finish(cell.base, base)
+    export = [*ABFT, "export", "--merged", str(model), str(source)]
     if not _finished(after):
         if not model.is_dir():  # export renames a complete model into place: present means whole
-            _export(cell, source, model)
+            _export(cell, export)
         _execute(cell, [*cell.command(after, model=str(model)), "--overwrite"])
     shutil.rmtree(model, ignore_errors=True)  # ours, written above; 0.5 GB each
-    seconds += _finish(cell, after)  # the evaluations' cost; the training's is its own cell's
+    seconds += _read(after, "timings.json")["run_seconds"]  # the evaluations' cost; the training's is its cell's
     steps = [
-        _shown([*ABFT, "export", "--merged", str(model), str(source)], MODEL=model, TRAINED_RUN=source),
+        _shown(export, MODEL=model, TRAINED_RUN=source),
         _shown(cell.command(after, model=str(model)), MODEL=model, RUN_DIR=after),
         _shown(cell.base.command(base), BASE_RUN=base),
     ]
@@ -219,17 +220,18 @@ def _trained_protocols(cell: Cell, runs: Path) -> dict:
     return summarize(cell, source, " && ".join(steps), seconds, stages)
 
 
-def _export(cell: Cell, source: Path, model: Path) -> None:
+def _export(cell: Cell, export: list[str]) -> None:
     """Merge the training run's weights into `model`; a run `abft export` refuses (written by an older abft) is
     moved aside, not deleted, and trained again: same seed and settings."""
+    source = Path(export[-1])
     try:
-        _execute(cell, [*ABFT, "export", "--merged", str(model), str(source)])
+        _execute(cell, export)
     except subprocess.CalledProcessError:
         aside = source.with_name(f"{source.name}.refused-{time.strftime('%Y%m%d-%H%M%S')}")
         print(f"{source} moved aside to {aside.name}", flush=True)
         source.rename(aside)
         _execute(cell.trained, cell.trained.command(source))
-        _execute(cell, [*ABFT, "export", "--merged", str(model), str(source)])
+        _execute(cell, export)
         before = OUT / f"{cell.trained.id}.json"
         if before.is_file():  # the same weights as the cell's or not: say so
             then, now = _read(OUT, before.name)["after"]["accuracy"], _read(source, "metrics.json")["after"]["accuracy"]

@@ -17,8 +17,8 @@ session continues from the files.
 
 Order: the most informative cells first: issue 13's check of the default recipe (four datasets on the
 embedded model, SST-2 on Gemma-3-270M), calibration (cheap) and E2E on the same four, every protocol for
-Tables 2-3 and unseen labels on the trained models of those, the ablations, then the other datasets, seed 1,
-Gemma.
+Tables 2-3 and unseen labels on the trained models of those, the other 4 datasets (the 8-dataset mean), the
+ablations, seed 1, Gemma.
 """
 
 from __future__ import annotations

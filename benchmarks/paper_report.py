@@ -251,6 +251,91 @@ def ablation_claims(rows: dict[str, dict]) -> list[str]:
     return out
 
 
+CEILING_COLUMNS = {  # column -> (part, edit, heads) of a ceiling cell's rows (`abft ceiling`, validation prompts)
+    "base": ("base", "none", "-"),
+    "base + target, ABFT's heads": ("base", "target", "filter"),
+    "base + target, every head": ("base", "target", "all"),
+    "ABFT-trained": ("trained", "none", "-"),
+    "trained + target, ABFT's heads": ("trained", "target", "filter"),
+}
+
+
+def _ceilings(rows: dict[str, dict]) -> dict[str, dict[str, float | None]]:
+    """dataset -> column -> validation accuracy, from the ceiling cells; "E2E-trained" is the E2E cell's kept
+    step on the same validation prompts (the recipe's), when its count matches."""
+    out = {}
+    for r in rows.values():
+        if r["table"] != "ceiling":
+            continue
+        row = {}
+        for column, (part, edit, heads) in CEILING_COLUMNS.items():
+            row[column] = next((x["accuracy"] for x in r[part] if (x["edit"], x["heads"]) == (edit, heads)), None)
+        e2e = (rows.get(f"t1-smollm2-{r['dataset']}-e2e-s0") or {}).get("validation") or {}
+        row["E2E-trained"] = e2e.get("best_accuracy") if e2e.get("prompts") == r["prompts"] else None
+        row["prompts"] = r["prompts"]
+        out[r["dataset"]] = row
+    return {d: out[d] for d in PAPER_DATASETS if d in out}
+
+
+def ceiling_markdown(rows: dict[str, dict]) -> str | None:
+    """What ABFT's own target attention is worth, edited in, beside what training reached (validation)."""
+    got = _ceilings(rows)
+    if not got:
+        return None
+    columns = [*CEILING_COLUMNS, "E2E-trained"]
+    lines = ["| validation accuracy | prompts | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for d, row in got.items():
+        cells = ["-" if row[c] is None else f"{row[c]:.3f}" for c in columns]
+        lines.append(f"| {d} | {row['prompts']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _beyond(high: float, low: float, n: int) -> bool:
+    """Accuracy `high` above `low` (each on n prompts) by more than 2 s.e. of their difference."""
+    return high - low > 2 * math.hypot(*(math.sqrt(p * (1 - p) / n) for p in (high, low)))
+
+
+def ceiling_claims(rows: dict[str, dict], grid: dict[str, dict[str, Est]]) -> list[str]:
+    """Where ABFT falls short on test (E2E ahead, or no gain over vanilla, beyond 2 s.e.), what `abft ceiling`
+    says about why: whether training reached its own target, and whether that target is worth what E2E reaches.
+    Validation accuracies on n prompts: binomial standard errors, the two sides taken as independent."""
+    out = []
+    for d, c in _ceilings(rows).items():
+        cols = grid.get(d, {})
+        if "abft" not in cols:
+            continue
+        behind = "e2e" in cols and verdict(cols["e2e"] - cols["abft"]) == "holds"
+        flat = verdict(cols["abft"] - cols["vanilla"]) != "holds"
+        if not (behind or flat):
+            continue
+        n = c["prompts"]
+        beyond = functools.partial(_beyond, n=n)
+        base, trained = c["base"], c["ABFT-trained"]
+        in_heads, everywhere = c["base + target, ABFT's heads"], c["base + target, every head"]
+        edited = max(in_heads, everywhere)
+        retrained = c["trained + target, ABFT's heads"]
+        best = max(edited, retrained)
+        why = []
+        if not beyond(edited, base):
+            why.append("the target edit does not lift the base model: on this task ABFT's target is not what helps")
+        if beyond(retrained, trained):
+            why.append(f"training stopped short of its own target (the edit still adds {retrained - trained:+.3f})")
+        e2e = c["E2E-trained"]
+        if e2e is not None and beyond(e2e, best):
+            why.append("the target is worth less than what E2E reaches: the right label's tokens in the last "
+                       "token's attention are not all this task needs")  # fmt: skip
+        test = f"ABFT {cols['abft'].value:.3f}, vanilla {cols['vanilla'].value:.3f}"
+        test += f", E2E {cols['e2e'].value:.3f}" if "e2e" in cols else ""
+        e2e_text = f"; E2E-trained {e2e:.3f}" if e2e is not None else ""
+        out.append(
+            f"- why ABFT falls short on {d} (test: {test}), `abft ceiling` on {n} validation prompts: ABFT's target "
+            f"edited into the base model {base:.3f} -> {in_heads:.3f} in its heads, {everywhere:.3f} in every "
+            f"head; ABFT-trained {trained:.3f}, with the edit "
+            f"{retrained:.3f}{e2e_text}. " + ("; ".join(why) or "no difference beyond 2 s.e.") + "."
+        )
+    return out
+
+
 def main() -> None:
     rows = load()
     print(f"{len(rows)} of {len(cells())} cells have landed.\n")
@@ -258,9 +343,9 @@ def main() -> None:
     for model, grid in grids.items():
         if grid:
             print(grid_markdown(grid, model) + "\n")
-    protocols = protocol_markdown(rows)
-    if protocols:
-        print(protocols + "\n")
+    for table in (protocol_markdown(rows), ceiling_markdown(rows)):
+        if table:
+            print(table + "\n")
     print("Claims:")
     claims = [
         pair_claim(grids[EMBEDDED], EMBEDDED, "abft", "vanilla", "GPT2-L 45.86 -> 63.21, Llama3-8B 66.60 -> 80.20"),
@@ -269,6 +354,7 @@ def main() -> None:
         pair_claim(grids[EMBEDDED], EMBEDDED, "e2e", "abft", "in domain E2E 78.33 vs ABFT 72.54"),
         pair_claim(grids[GEMMA], GEMMA, "abft", "vanilla", "as for the embedded model"),
         f1_disagreements(rows),
+        *ceiling_claims(rows, grids[EMBEDDED]),
         *protocol_claims(rows),
         *ablation_claims(rows),
     ]

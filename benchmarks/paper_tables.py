@@ -4,21 +4,23 @@
     python benchmarks/paper_tables.py --list         # cells, done or not, and their commands
     python benchmarks/paper_tables.py --only t1-smollm2 --commit   # a subset; `git commit` each finished cell
 
-Each cell is one ordinary `abft run` or `abft evaluate` command, except the cells of Tables 2-3 and unseen
-labels: they test the model a Table 1 cell trained (same dataset, method and seed) on every protocol, so the
-tables describe one model and no model is trained twice: `abft export` merges that run's trained weights, and
-`abft evaluate` tests the merged model and (once per dataset, `...-base`) the base model. A cell's small JSON
-lands in benchmarks/paper/<cell>.json when it has finished (test-prompt count, accuracy and its standard error,
-macro-F1, recency copy rate, what the recipe chose, the validation curve's kept step, wall time, the commands).
-A cell whose JSON exists is skipped; an interrupted run directory (under --runs, default runs/paper) is resumed
-with `abft run --resume`, and a training run another cell needs is run again when its directory is gone (same
-seed and settings: the same weights). Run directories are scratch: only the committed JSON counts, so a later
-session continues from the files.
+Each cell is one ordinary `abft run` or `abft evaluate` command, except two kinds that reuse a Table 1 cell's
+trained model (same dataset, method and seed), so that the tables describe one model and none is trained twice.
+The cells of Tables 2-3 and unseen labels test it on every protocol: `abft export` merges the run's trained
+weights, and `abft evaluate` tests the merged model and (once per dataset, `...-base`) the base model. The
+ceiling cells run `abft ceiling` on the base model and on an ABFT run (`--delta`): what ABFT's own target
+attention is worth, edited in, where ABFT falls short. A cell's small JSON lands in benchmarks/paper/<cell>.json
+when it has finished (test-prompt count, accuracy and its standard error, macro-F1, recency copy rate, what the
+recipe chose, the validation curve's kept step, wall time, the commands). A cell whose JSON exists is skipped;
+an interrupted run directory (under --runs, default runs/paper) is resumed with `abft run --resume`, and a
+training run another cell needs is run again when its directory is gone (same seed and settings: the same
+weights). Run directories are scratch: only the committed JSON counts, so a later session continues from the
+files.
 
 Order: the most informative cells first: issue 13's check of the default recipe (four datasets on the
 embedded model, SST-2 on Gemma-3-270M), calibration (cheap) and E2E on the same four, every protocol for
-Tables 2-3 and unseen labels on the trained models of those, the other 4 datasets (the 8-dataset mean), the
-ablations, seed 1, Gemma.
+Tables 2-3 and unseen labels on the trained models of those, their ceilings, the other 4 datasets (the 8-dataset
+mean) and their ceilings, the ablations, seed 1, Gemma.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ OUT = ROOT / "benchmarks" / "paper"
 ABFT = [sys.executable, "-m", "abft.cli"]
 TEST = 256  # test prompts per cell (the first 256 of StaICC's 1024): what these 2 cores allow per session
 EMBEDDED, GEMMA = "smollm2-135m", "gemma3-270m"
+# `abft ceiling` on the recipe's 128 validation prompts: unedited, and ABFT's target attention edited into its
+# filtered heads or every head; on the trained model "none" is then the kept step's validation accuracy
+CEILING_ARGS = ("--samples", "128", "--edits", "none", "target")
 PAPER_DATASETS = [
     "sst2",
     "rotten_tomatoes",
@@ -58,13 +63,14 @@ class Cell:
     model: str
     dataset: str
     args: tuple[str, ...] = ()
-    verb: str = "run"  # or "evaluate": the base model only
+    verb: str = "run"  # or "evaluate" (the base model only), or "ceiling" (the base and the trained model)
     trained: Cell | None = None  # evaluate the model this training cell's run made (and `base`, the base model)
     base: Cell | None = None
 
     def command(self, run_dir: Path, model: str | None = None) -> list[str]:
+        size = () if self.verb == "ceiling" else ("--test-samples", str(TEST))  # ceiling: validation prompts
         return [*ABFT, self.verb, "--model", model or self.model, "--dataset", self.dataset,
-                "--test-samples", str(TEST), *self.args, "--output", str(run_dir)]  # fmt: skip
+                *size, *self.args, "--output", str(run_dir)]  # fmt: skip
 
 
 def cells() -> list[Cell]:
@@ -95,6 +101,10 @@ def cells() -> list[Cell]:
             base=base,
         )
 
+    def ceiling(dataset):  # why ABFT falls short where it does: its own target attention, edited in
+        return Cell(f"ceil-smollm2-{dataset}-abft-s0", "ceiling", EMBEDDED, dataset, CEILING_ARGS, "ceiling",
+                    trained=t1(EMBEDDED, dataset, "abft"))  # fmt: skip
+
     ablations = {"no-pid": ("--adaptive-penalty", "none"), "no-filter": ("--no-head-filter",)}
     ablations |= {"a0": ("--wrong-label-penalty", "0"), "b0": ("--correct-label-reward", "0")}
 
@@ -102,8 +112,10 @@ def cells() -> list[Cell]:
     out += [calibration(EMBEDDED, d) for d in first4]  # minutes each: Table 1's calibration column first
     out += [t1(EMBEDDED, d, "e2e") for d in first4]
     out += [t23(d, m) for d in first4 for m in ("abft", "e2e")]
+    out += [ceiling(d) for d in first4]  # minutes each while the trained runs are on this disk
     # the headline is a mean over all 8 datasets: its other 4 before the ablations
     out += [calibration(EMBEDDED, d) for d in rest] + [t1(EMBEDDED, d, m) for d in rest for m in ("abft", "e2e")]
+    out += [ceiling(d) for d in rest]
     out += [
         Cell(f"abl-smollm2-{d}-{name}", "ablation", EMBEDDED, d, ("--reuse-fore-test", *args))
         for d in ("sst2", "rotten_tomatoes")
@@ -141,7 +153,6 @@ def summarize(cell: Cell, run_dir: Path, command: str, seconds: float, stages: d
     stage = {s: _stage(block) for s, block in (stages or metrics).items() if s in ("before", "after")}
     trained = cell.verb == "run" or cell.trained is not None
     validation = metrics.get("validation", {})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {
         "cell": cell.id,
         "table": cell.table,
@@ -165,10 +176,13 @@ def summarize(cell: Cell, run_dir: Path, command: str, seconds: float, stages: d
         "change": metrics.get("change"),  # paired: accuracy, se, prompts right / wrong only after training
         "validation_curve": [[r["step"], r["accuracy"]] for r in validation.get("curve", [])],
         "trained_by": cell.trained.id if cell.trained else None,
-        "wall_seconds": round(seconds),
-        "date": time.strftime("%Y-%m-%d"),
-        "abft_commit": commit.stdout.strip(),
+        **_provenance(seconds),
     }
+
+
+def _provenance(seconds: float) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {"wall_seconds": round(seconds), "date": time.strftime("%Y-%m-%d"), "abft_commit": commit.stdout.strip()}
 
 
 def _shown(argv: list[str], **dirs: Path) -> str:
@@ -221,6 +235,44 @@ def _trained_protocols(cell: Cell, runs: Path) -> dict:
     return summarize(cell, source, " && ".join(steps), seconds, stages)
 
 
+def ceiling_commands(cell: Cell, runs: Path) -> dict[str, list[str]]:
+    """A ceiling cell's two `abft ceiling` commands: the base model's, and the training cell's run's."""
+    trained = [*ABFT, "ceiling", "--delta", str(runs / cell.trained.id), *cell.args]
+    return {
+        "base": cell.command(runs / f"{cell.id}-base"),
+        "trained": [*trained, "--output", str(runs / f"{cell.id}-trained")],
+    }
+
+
+def _ceilings(cell: Cell, runs: Path) -> dict:
+    """A ceiling cell: `abft ceiling` on the base model and on the training cell's run (`--delta`; trained again
+    when its directory is gone). wall_seconds: the ceiling runs of the invocation that finished the cell."""
+    source, argv = runs / cell.trained.id, ceiling_commands(cell, runs)
+    _finish(cell.trained, source)
+    seconds = 0.0
+    for command in argv.values():
+        if not (Path(command[-1]) / "ceiling.json").is_file():  # written last, atomically: present means finished
+            start = time.monotonic()
+            _execute(cell, command)
+            seconds += time.monotonic() - start
+    parts = {part: _read(Path(command[-1]), "ceiling.json") for part, command in argv.items()}
+    base, trained = (Path(argv[part][-1]) for part in ("base", "trained"))
+    shown = [_shown(argv["base"], BASE_OUT=base), _shown(argv["trained"], TRAINED_RUN=source, TRAINED_OUT=trained)]
+    return {
+        "cell": cell.id,
+        "table": cell.table,
+        "model": cell.model,
+        "dataset": cell.dataset,
+        "method": "abft",
+        "seed": 0,
+        "command": " && ".join(shown),
+        "prompts": parts["base"]["prompts"],
+        **{part: ceiling["rows"] for part, ceiling in parts.items()},  # base / trained: one row per (edit, heads)
+        "trained_by": cell.trained.id,
+        **_provenance(seconds),
+    }
+
+
 def _export(cell: Cell, export: list[str]) -> None:
     """Merge the training run's weights into `model`; a run `abft export` refuses (written by an older abft) is
     moved aside, not deleted, and trained again: same seed and settings."""
@@ -240,7 +292,9 @@ def _export(cell: Cell, export: list[str]) -> None:
 
 
 def run_cell(cell: Cell, runs: Path, commit: bool) -> None:
-    if cell.trained:
+    if cell.verb == "ceiling":
+        summary = _ceilings(cell, runs)
+    elif cell.trained:
         summary = _trained_protocols(cell, runs)
     else:
         run_dir = runs / cell.id

@@ -115,3 +115,39 @@ def test_protocol_table_shows_each_protocol_before_and_after():
     assert "| t23-smollm2-sst2-abft-s0 | 0.600 -> **0.800** | 0.300 -> **0.400** |" in table
     assert table.endswith("0.150 -> **0.200** | 0.300 -> **0.400** |")
     assert paper_report.protocol_markdown({}) is None
+
+
+def _ceiling(dataset, base, trained, prompts=128):
+    """A ceiling cell: (none, target in ABFT's heads, target in every head) accuracies of each model."""
+    rows = lambda accs: [{"edit": e, "heads": h, "accuracy": a} for (e, h), a in  # noqa: E731
+                         zip((("none", "-"), ("target", "filter"), ("target", "all")), accs, strict=True)]  # fmt: skip
+    row = {"cell": f"ceil-smollm2-{dataset}-abft-s0", "table": "ceiling", "model": "smollm2-135m",
+           "dataset": dataset, "method": "abft", "prompts": prompts,
+           "base": rows(base), "trained": rows(trained)}  # fmt: skip
+    return row["cell"], row
+
+
+def test_ceiling_lines_explain_only_where_abft_falls_short():
+    rows = dict(
+        [
+            _cell("sst2", "abft", 0.60, 0.90),
+            _cell("sst2", "e2e", 0.60, 0.91),
+            _ceiling("sst2", (0.60, 0.85, 0.90), (0.88, 0.89, 0.90)),
+            _cell("trec", "abft", 0.40, 0.55),
+            _cell("trec", "e2e", 0.40, 0.80),
+            _ceiling("trec", (0.30, 0.59, 0.69), (0.46, 0.67, 0.70)),
+        ]
+    )
+    rows["t1-smollm2-trec-e2e-s0"]["validation"] = {"prompts": 128, "best_accuracy": 0.82}
+    table = paper_report.ceiling_markdown(rows)
+    assert "| trec | 128 | 0.300 | 0.590 | 0.690 | 0.460 | 0.670 | 0.820 |" in table
+    assert "| sst2 | 128 | 0.600 | 0.850 | 0.900 | 0.880 | 0.890 | - |" in table  # E2E's validation not recorded
+    lines = paper_report.ceiling_claims(rows, paper_report.table1(rows, "smollm2-135m"))
+    assert len(lines) == 1 and "falls short on trec" in lines[0]  # SST-2: ABFT level with E2E, far above vanilla
+    assert "stopped short of its own target (the edit still adds +0.210)" in lines[0]
+    assert "worth less than what E2E reaches" in lines[0]  # 0.82 vs the best edit, 0.70, on 128 prompts
+    assert "does not lift the base model" not in lines[0]
+
+    rows["t1-smollm2-trec-e2e-s0"]["validation"]["prompts"] = 256  # other prompts: not comparable
+    (line,) = paper_report.ceiling_claims(rows, paper_report.table1(rows, "smollm2-135m"))
+    assert "E2E-trained" not in line and "worth less" not in line

@@ -34,6 +34,13 @@ def fake_abft(monkeypatch, tmp_path):
             return
         out = Path(value("--output"))
         out.mkdir(parents=True, exist_ok=True)
+        if verb == "ceiling":  # the trained model (--delta) scores higher, and more with the edit
+            lift = 0.2 if "--delta" in flags else 0.0
+            rows = [{"edit": e, "heads": h, "accuracy": a + lift} for e, h, a in
+                    (("none", "-", 0.5), ("target", "filter", 0.6), ("target", "all", 0.7))]  # fmt: skip
+            (out / "ceiling.json").write_text(json.dumps({"prompts": 128, "rows": rows}))
+            calls.append((verb, out.name))
+            return
         model = value("--model")
         if verb == "run":
             method = value("--method")
@@ -128,3 +135,48 @@ def test_a_training_run_export_refuses_is_moved_aside_and_trained_again(fake_abf
     aside = [p for p in runs.iterdir() if p.name.startswith("t1-smollm2-trec-e2e-s0.refused-")]
     assert len(aside) == 1 and (aside[0] / "by-an-older-abft").read_text() == "kept"  # moved, not deleted
     assert json.loads((tmp_path / "paper" / "t23-smollm2-trec-e2e-s0.json").read_text())["after"]["accuracy"] == 0.95
+
+
+def test_ceiling_cells_score_the_table1_abft_run_and_resume_by_part(fake_abft, tmp_path):
+    runs = tmp_path / "runs"
+    paper_tables.run_cell(_cell("t1-smollm2-trec-abft-s0"), runs, commit=False)
+    fake_abft.clear()
+    (runs / "ceil-smollm2-trec-abft-s0-trained").mkdir()  # begun and interrupted: no ceiling.json yet
+    paper_tables.run_cell(_cell("ceil-smollm2-trec-abft-s0"), runs, commit=False)
+    assert fake_abft == [
+        ("ceiling", "ceil-smollm2-trec-abft-s0-base"),
+        ("ceiling", "ceil-smollm2-trec-abft-s0-trained"),
+    ]
+    row = json.loads((tmp_path / "paper" / "ceil-smollm2-trec-abft-s0.json").read_text())
+    assert [r["accuracy"] for r in row["base"]] == [0.5, 0.6, 0.7]
+    assert [r["accuracy"] for r in row["trained"]] == pytest.approx([0.7, 0.8, 0.9])
+    assert row["prompts"] == 128 and row["trained_by"] == "t1-smollm2-trec-abft-s0"
+    assert "abft ceiling --delta TRAINED_RUN --samples 128" in row["command"] and str(tmp_path) not in row["command"]
+
+    fake_abft.clear()  # a part whose ceiling.json exists is not run again
+    (tmp_path / "paper" / "ceil-smollm2-trec-abft-s0.json").unlink()
+    (runs / "ceil-smollm2-trec-abft-s0-trained" / "ceiling.json").unlink()
+    paper_tables.run_cell(_cell("ceil-smollm2-trec-abft-s0"), runs, commit=False)
+    assert fake_abft == [("ceiling", "ceil-smollm2-trec-abft-s0-trained")]
+
+
+def test_ceilings_follow_the_runs_they_read():
+    ids = [c.id for c in paper_tables.cells()]
+    for dataset in paper_tables.PAPER_DATASETS:
+        assert ids.index(f"t1-smollm2-{dataset}-abft-s0") < ids.index(f"ceil-smollm2-{dataset}-abft-s0")
+    assert ids.index("ceil-smollm2-subjective-abft-s0") < ids.index("t1-smollm2-financial_phrasebank-calibration")
+
+
+def test_every_cell_command_is_one_the_cli_accepts(tmp_path):
+    from abft.cli import build_parser
+
+    parser = build_parser()
+    commands = []
+    for cell in paper_tables.cells():
+        if cell.verb == "ceiling":
+            commands += paper_tables.ceiling_commands(cell, tmp_path).values()
+        else:
+            commands.append(cell.command(tmp_path / "run", model=str(tmp_path / "merged") if cell.trained else None))
+    assert {argv[len(paper_tables.ABFT)] for argv in commands} == {"run", "evaluate", "ceiling"}
+    for argv in commands:  # argparse exits on a flag the command does not take
+        assert parser.parse_args(argv[len(paper_tables.ABFT) :]).command == argv[len(paper_tables.ABFT)]

@@ -20,7 +20,7 @@ files.
 Order: the most informative cells first: issue 13's check of the default recipe (four datasets on the
 embedded model, SST-2 on Gemma-3-270M), calibration (cheap) and E2E on the same four, every protocol for
 Tables 2-3 and unseen labels on the trained models of those, their ceilings, the other 4 datasets (the 8-dataset
-mean) and their ceilings, the ablations, seed 1, Gemma.
+mean; each ceiling right after its ABFT run), the ablations, seed 1, Gemma.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def cells() -> list[Cell]:
             base=base,
         )
 
-    def ceiling(dataset):  # why ABFT falls short where it does: its own target attention, edited in
+    def ceiling(dataset):  # why ABFT falls short where it does: its own target attention, edited in; right
+        # after the ABFT run it reads, whose directory a later machine lacks (it would train it again)
         return Cell(f"ceil-smollm2-{dataset}-abft-s0", "ceiling", EMBEDDED, dataset, CEILING_ARGS, "ceiling",
                     trained=t1(EMBEDDED, dataset, "abft"))  # fmt: skip
 
@@ -114,8 +115,8 @@ def cells() -> list[Cell]:
     out += [t23(d, m) for d in first4 for m in ("abft", "e2e")]
     out += [ceiling(d) for d in first4]  # minutes each while the trained runs are on this disk
     # the headline is a mean over all 8 datasets: its other 4 before the ablations
-    out += [calibration(EMBEDDED, d) for d in rest] + [t1(EMBEDDED, d, m) for d in rest for m in ("abft", "e2e")]
-    out += [ceiling(d) for d in rest]
+    out += [calibration(EMBEDDED, d) for d in rest]
+    out += [c for d in rest for c in (t1(EMBEDDED, d, "abft"), ceiling(d), t1(EMBEDDED, d, "e2e"))]
     out += [
         Cell(f"abl-smollm2-{d}-{name}", "ablation", EMBEDDED, d, ("--reuse-fore-test", *args))
         for d in ("sst2", "rotten_tomatoes")
@@ -222,7 +223,7 @@ def _trained_protocols(cell: Cell, runs: Path) -> dict:
     export = [*ABFT, "export", "--merged", str(model), str(source)]
     if not _finished(after):
         if not model.is_dir():  # export renames a complete model into place: present means whole
-            _export(cell, export)
+            _on_trained(cell, export, source)
         _execute(cell, [*cell.command(after, model=str(model)), "--overwrite"])
     shutil.rmtree(model, ignore_errors=True)  # ours, written above; 0.5 GB each
     seconds += _read(after, "timings.json")["run_seconds"]  # the evaluations' cost; the training's is its cell's
@@ -250,10 +251,10 @@ def _ceilings(cell: Cell, runs: Path) -> dict:
     source, argv = runs / cell.trained.id, ceiling_commands(cell, runs)
     _finish(cell.trained, source)
     seconds = 0.0
-    for command in argv.values():
+    for part, command in argv.items():
         if not (Path(command[-1]) / "ceiling.json").is_file():  # written last, atomically: present means finished
             start = time.monotonic()
-            _execute(cell, command)
+            _on_trained(cell, command, source) if part == "trained" else _execute(cell, command)
             seconds += time.monotonic() - start
     parts = {part: _read(Path(command[-1]), "ceiling.json") for part, command in argv.items()}
     base, trained = (Path(argv[part][-1]) for part in ("base", "trained"))
@@ -273,18 +274,19 @@ def _ceilings(cell: Cell, runs: Path) -> dict:
     }
 
 
-def _export(cell: Cell, export: list[str]) -> None:
-    """Merge the training run's weights into `model`; a run `abft export` refuses (written by an older abft) is
-    moved aside, not deleted, and trained again: same seed and settings."""
-    source = Path(export[-1])
+def _on_trained(cell: Cell, argv: list[str], source: Path) -> None:
+    """Run `argv`, which reads the training run `source` (export, ceiling --delta); a run it refuses (exit status 2:
+    written by an older abft) is moved aside, not deleted, and trained again (same seed and settings)."""
     try:
-        _execute(cell, export)
-    except subprocess.CalledProcessError:
+        _execute(cell, argv)
+    except subprocess.CalledProcessError as exc:
+        if exc.returncode != 2:
+            raise
         aside = source.with_name(f"{source.name}.refused-{time.strftime('%Y%m%d-%H%M%S')}")
         print(f"{source} moved aside to {aside.name}", flush=True)
         source.rename(aside)
         _execute(cell.trained, cell.trained.command(source))
-        _execute(cell, export)
+        _execute(cell, argv)
         before = OUT / f"{cell.trained.id}.json"
         if before.is_file():  # the same weights as the cell's or not: say so
             then, now = _read(OUT, before.name)["after"]["accuracy"], _read(source, "metrics.json")["after"]["accuracy"]

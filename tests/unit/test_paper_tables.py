@@ -180,3 +180,31 @@ def test_every_cell_command_is_one_the_cli_accepts(tmp_path):
     assert {argv[len(paper_tables.ABFT)] for argv in commands} == {"run", "evaluate", "ceiling"}
     for argv in commands:  # argparse exits on a flag the command does not take
         assert parser.parse_args(argv[len(paper_tables.ABFT) :]).command == argv[len(paper_tables.ABFT)]
+
+
+@pytest.mark.parametrize("status", [2, 1])
+def test_a_run_ceiling_refuses_is_trained_again_and_a_crash_is_not(fake_abft, tmp_path, monkeypatch, status):
+    runs = tmp_path / "runs"
+    paper_tables.run_cell(_cell("t1-smollm2-sst2-abft-s0"), runs, commit=False)
+    fake, refused = paper_tables._execute, []
+
+    def execute(cell, argv):  # the first ceiling --delta fails: refused (2), as a run without fingerprints, or 1
+        if "--delta" in argv and not refused:
+            refused.append(argv)
+            raise paper_tables.subprocess.CalledProcessError(status, argv)
+        fake(cell, argv)
+
+    monkeypatch.setattr(paper_tables, "_execute", execute)
+    fake_abft.clear()
+    if status == 1:  # a crash is the cell's failure (logged by main); the run stays where it is
+        with pytest.raises(paper_tables.subprocess.CalledProcessError):
+            paper_tables.run_cell(_cell("ceil-smollm2-sst2-abft-s0"), runs, commit=False)
+        assert sorted(p.name for p in runs.iterdir())[-1] == "t1-smollm2-sst2-abft-s0"
+        return
+    paper_tables.run_cell(_cell("ceil-smollm2-sst2-abft-s0"), runs, commit=False)
+    assert fake_abft == [
+        ("ceiling", "ceil-smollm2-sst2-abft-s0-base"),
+        ("run", "t1-smollm2-sst2-abft-s0"),
+        ("ceiling", "ceil-smollm2-sst2-abft-s0-trained"),
+    ]
+    assert any(p.name.startswith("t1-smollm2-sst2-abft-s0.refused-") for p in runs.iterdir())

@@ -164,7 +164,8 @@ def test_ceilings_follow_the_runs_they_read():
     ids = [c.id for c in paper_tables.cells()]
     for dataset in paper_tables.PAPER_DATASETS:
         assert ids.index(f"t1-smollm2-{dataset}-abft-s0") < ids.index(f"ceil-smollm2-{dataset}-abft-s0")
-    assert ids.index("ceil-smollm2-subjective-abft-s0") < ids.index("t1-smollm2-financial_phrasebank-calibration")
+    for dataset in paper_tables.PAPER_DATASETS[4:]:  # on the disk that trained it: no training run twice
+        assert ids.index(f"ceil-smollm2-{dataset}-abft-s0") == ids.index(f"t1-smollm2-{dataset}-abft-s0") + 1
 
 
 def test_every_cell_command_is_one_the_cli_accepts(tmp_path):

@@ -251,28 +251,29 @@ def ablation_claims(rows: dict[str, dict]) -> list[str]:
     return out
 
 
-CEILING_COLUMNS = {  # column -> (part, edit, heads) of a ceiling cell's rows (`abft ceiling`, validation prompts)
-    "base": ("base", "none", "-"),
-    "base + target, ABFT's heads": ("base", "target", "filter"),
-    "base + target, every head": ("base", "target", "all"),
-    "ABFT-trained": ("trained", "none", "-"),
-    "trained + target, ABFT's heads": ("trained", "target", "filter"),
+CEILING_COLUMNS = {  # key -> (heading, part, edit, heads) of a ceiling cell's rows (`abft ceiling`, validation)
+    "base": ("base", "base", "none", "-"),
+    "base_edit": ("base + target, ABFT's heads", "base", "target", "filter"),
+    "base_edit_all": ("base + target, every head", "base", "target", "all"),
+    "trained": ("ABFT-trained", "trained", "none", "-"),
+    "trained_edit": ("trained + target, ABFT's heads", "trained", "target", "filter"),
+    "e2e": ("E2E-trained", None, None, None),  # the E2E cell's kept step on the same validation prompts
 }
 
 
 def _ceilings(rows: dict[str, dict]) -> dict[str, dict[str, float | None]]:
-    """dataset -> column -> validation accuracy, from the ceiling cells; "E2E-trained" is the E2E cell's kept
-    step on the same validation prompts (the recipe's), when its count matches."""
+    """dataset -> CEILING_COLUMNS key -> validation accuracy (and "prompts"), from the ceiling cells; "e2e" when
+    the E2E cell's validation count matches (the recipe's validation prompts are the ceiling's)."""
     out = {}
     for r in rows.values():
         if r["table"] != "ceiling":
             continue
-        row = {}
-        for column, (part, edit, heads) in CEILING_COLUMNS.items():
-            row[column] = next((x["accuracy"] for x in r[part] if (x["edit"], x["heads"]) == (edit, heads)), None)
+        row = {"prompts": r["prompts"]}
+        for key, (_, part, edit, heads) in CEILING_COLUMNS.items():
+            found = [x["accuracy"] for x in r.get(part) or [] if (x["edit"], x["heads"]) == (edit, heads)]
+            row[key] = found[0] if found else None
         e2e = (rows.get(f"t1-smollm2-{r['dataset']}-e2e-s0") or {}).get("validation") or {}
-        row["E2E-trained"] = e2e.get("best_accuracy") if e2e.get("prompts") == r["prompts"] else None
-        row["prompts"] = r["prompts"]
+        row["e2e"] = e2e.get("best_accuracy") if e2e.get("prompts") == r["prompts"] else None
         out[r["dataset"]] = row
     return {d: out[d] for d in PAPER_DATASETS if d in out}
 
@@ -282,12 +283,16 @@ def ceiling_markdown(rows: dict[str, dict]) -> str | None:
     got = _ceilings(rows)
     if not got:
         return None
-    columns = [*CEILING_COLUMNS, "E2E-trained"]
-    lines = ["| validation accuracy | prompts | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    headings = [heading for heading, *_ in CEILING_COLUMNS.values()]
+    lines = ["| validation accuracy | prompts | " + " | ".join(headings) + " |", "|---" * (len(headings) + 2) + "|"]
     for d, row in got.items():
-        cells = ["-" if row[c] is None else f"{row[c]:.3f}" for c in columns]
+        cells = ["-" if row[key] is None else f"{row[key]:.3f}" for key in CEILING_COLUMNS]
         lines.append(f"| {d} | {row['prompts']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
 
 
 def _beyond(high: float, low: float, n: int) -> bool:
@@ -296,42 +301,51 @@ def _beyond(high: float, low: float, n: int) -> bool:
 
 
 def ceiling_claims(rows: dict[str, dict], grid: dict[str, dict[str, Est]]) -> list[str]:
-    """Where ABFT falls short on test (E2E ahead, or no gain over vanilla, beyond 2 s.e.), what `abft ceiling`
-    says about why: whether training reached its own target, and whether that target is worth what E2E reaches.
-    Validation accuracies on n prompts: binomial standard errors, the two sides taken as independent."""
-    out = []
-    for d, c in _ceilings(rows).items():
+    """What `abft ceiling` says (validation accuracies on n prompts: binomial standard errors, the two sides taken
+    as independent): over every dataset, whether training reaches its own target and whether the target reached
+    would beat E2E; then, where ABFT falls short on test (E2E ahead, or no gain over vanilla, beyond 2 s.e.), why."""
+    got = _ceilings(rows)
+    if not got:
+        return []
+    short = {d: c for d, c in got.items() if _beyond(c["trained_edit"], c["trained"], c["prompts"])}
+    above = {
+        d: c for d, c in got.items() if c["e2e"] is not None and _beyond(c["trained_edit"], c["e2e"], c["prompts"])
+    }
+    out = [
+        "- ABFT's training stops short of its own target (`abft ceiling`, validation: the target edited into the "
+        f"trained model's heads still lifts it beyond 2 s.e.) on {len(short)} of {len(got)} datasets ("
+        + ", ".join(f"{d} {c['trained']:.3f} -> {c['trained_edit']:.3f}" for d, c in short.items())
+        + f"); the target reached would be above E2E's validation accuracy on {len(above)} ("
+        + ", ".join(f"{d} vs {c['e2e']:.3f}" for d, c in above.items())
+        + ")."
+    ]
+    for d, c in got.items():
         cols = grid.get(d, {})
         if "abft" not in cols:
             continue
         behind = "e2e" in cols and verdict(cols["e2e"] - cols["abft"]) == "holds"
-        flat = verdict(cols["abft"] - cols["vanilla"]) != "holds"
-        if not (behind or flat):
+        if not behind and verdict(cols["abft"] - cols["vanilla"]) == "holds":
             continue
-        n = c["prompts"]
-        beyond = functools.partial(_beyond, n=n)
-        base, trained = c["base"], c["ABFT-trained"]
-        in_heads, everywhere = c["base + target, ABFT's heads"], c["base + target, every head"]
-        edited = max(in_heads, everywhere)
-        retrained = c["trained + target, ABFT's heads"]
-        best = max(edited, retrained)
+        beyond = functools.partial(_beyond, n=c["prompts"])
+        best = max(c["base_edit"], c["base_edit_all"], c["trained_edit"])
         why = []
-        if not beyond(edited, base):
+        if not beyond(max(c["base_edit"], c["base_edit_all"]), c["base"]):
             why.append("the target edit does not lift the base model: on this task ABFT's target is not what helps")
-        if beyond(retrained, trained):
-            why.append(f"training stopped short of its own target (the edit still adds {retrained - trained:+.3f})")
-        e2e = c["E2E-trained"]
-        if e2e is not None and beyond(e2e, best):
+        if beyond(c["trained_edit"], c["trained"]):
+            why.append(
+                f"training stopped short of its own target (the edit adds {c['trained_edit'] - c['trained']:+.3f})"
+            )
+        if c["e2e"] is not None and beyond(c["e2e"], best):
             why.append("the target is worth less than what E2E reaches: the right label's tokens in the last "
                        "token's attention are not all this task needs")  # fmt: skip
         test = f"ABFT {cols['abft'].value:.3f}, vanilla {cols['vanilla'].value:.3f}"
         test += f", E2E {cols['e2e'].value:.3f}" if "e2e" in cols else ""
-        e2e_text = f"; E2E-trained {e2e:.3f}" if e2e is not None else ""
+        e2e = f"; E2E-trained {c['e2e']:.3f}" if c["e2e"] is not None else ""
         out.append(
-            f"- why ABFT falls short on {d} (test: {test}), `abft ceiling` on {n} validation prompts: ABFT's target "
-            f"edited into the base model {base:.3f} -> {in_heads:.3f} in its heads, {everywhere:.3f} in every "
-            f"head; ABFT-trained {trained:.3f}, with the edit "
-            f"{retrained:.3f}{e2e_text}. " + ("; ".join(why) or "no difference beyond 2 s.e.") + "."
+            f"- why ABFT falls short on {d} (test: {test}), `abft ceiling` on {c['prompts']} validation prompts: "
+            f"ABFT's target edited into the base model {c['base']:.3f} -> {c['base_edit']:.3f} in its heads, "
+            f"{c['base_edit_all']:.3f} in every head; ABFT-trained {c['trained']:.3f}, with the edit "
+            f"{c['trained_edit']:.3f}{e2e}. " + _sentence("; ".join(why) or "no difference beyond 2 s.e.")
         )
     return out
 

@@ -261,7 +261,7 @@ CEILING_COLUMNS = {  # key -> (heading, part, edit, heads) of a ceiling cell's r
 }
 
 
-def _ceilings(rows: dict[str, dict]) -> dict[str, dict[str, float | None]]:
+def ceiling_rows(rows: dict[str, dict]) -> dict[str, dict[str, float | None]]:
     """dataset -> CEILING_COLUMNS key -> validation accuracy (and "prompts"), from the ceiling cells; "e2e" when
     the E2E cell's validation count matches (the recipe's validation prompts are the ceiling's)."""
     out = {}
@@ -280,7 +280,7 @@ def _ceilings(rows: dict[str, dict]) -> dict[str, dict[str, float | None]]:
 
 def ceiling_markdown(rows: dict[str, dict]) -> str | None:
     """What ABFT's own target attention is worth, edited in, beside what training reached (validation)."""
-    got = _ceilings(rows)
+    got = ceiling_rows(rows)
     if not got:
         return None
     headings = [heading for heading, *_ in CEILING_COLUMNS.values()]
@@ -304,7 +304,7 @@ def ceiling_claims(rows: dict[str, dict], grid: dict[str, dict[str, Est]]) -> li
     """What `abft ceiling` says (validation accuracies on n prompts: binomial standard errors, the two sides taken
     as independent): over every dataset, whether training reaches its own target and whether the target reached
     would beat E2E; then, where ABFT falls short on test (E2E ahead, or no gain over vanilla, beyond 2 s.e.), why."""
-    got = _ceilings(rows)
+    got = ceiling_rows(rows)
     if not got:
         return []
     short = {d: c for d, c in got.items() if _beyond(c["trained_edit"], c["trained"], c["prompts"])}
@@ -315,7 +315,8 @@ def ceiling_claims(rows: dict[str, dict], grid: dict[str, dict[str, Est]]) -> li
         "- ABFT's training stops short of its own target (`abft ceiling`, validation: the target edited into the "
         f"trained model's heads still lifts it beyond 2 s.e.) on {len(short)} of {len(got)} datasets ("
         + ", ".join(f"{d} {c['trained']:.3f} -> {c['trained_edit']:.3f}" for d, c in short.items())
-        + f"); the target reached would be above E2E's validation accuracy on {len(above)} ("
+        + f"); the target reached would be above E2E's validation accuracy on {len(above)} of "
+        + f"{sum(c['e2e'] is not None for c in got.values())} ("
         + ", ".join(f"{d} vs {c['e2e']:.3f}" for d, c in above.items())
         + ")."
     ]

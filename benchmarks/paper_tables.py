@@ -101,8 +101,7 @@ def cells() -> list[Cell]:
             base=base,
         )
 
-    def ceiling(dataset):  # why ABFT falls short where it does: its own target attention, edited in; right
-        # after the ABFT run it reads, whose directory a later machine lacks (it would train it again)
+    def ceiling(dataset):  # why ABFT falls short where it does: what its own target attention is worth, edited in
         return Cell(f"ceil-smollm2-{dataset}-abft-s0", "ceiling", EMBEDDED, dataset, CEILING_ARGS, "ceiling",
                     trained=t1(EMBEDDED, dataset, "abft"))  # fmt: skip
 
@@ -115,6 +114,7 @@ def cells() -> list[Cell]:
     out += [t23(d, m) for d in first4 for m in ("abft", "e2e")]
     # the headline is a mean over all 8 datasets: its other 4 before the ablations
     out += [calibration(EMBEDDED, d) for d in rest]
+    # each ceiling right after the ABFT run it reads: a later machine lacks that run and would train it again
     out += [c for d in rest for c in (t1(EMBEDDED, d, "abft"), ceiling(d), t1(EMBEDDED, d, "e2e"))]
     out += [ceiling(d) for d in first4]  # after the headline: one whose run is gone trains it again
     out += [
@@ -254,7 +254,10 @@ def _ceilings(cell: Cell, runs: Path) -> dict:
     for part, command in argv.items():
         if not (Path(command[-1]) / "ceiling.json").is_file():  # written last, atomically: present means finished
             start = time.monotonic()
-            _on_trained(cell, command, source) if part == "trained" else _execute(cell, command)
+            if part == "trained":
+                _on_trained(cell, command, source)
+            else:
+                _execute(cell, command)
             seconds += time.monotonic() - start
     parts = {part: _read(Path(command[-1]), "ceiling.json") for part, command in argv.items()}
     base, trained = (Path(argv[part][-1]) for part in ("base", "trained"))

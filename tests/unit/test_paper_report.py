@@ -144,7 +144,7 @@ def test_ceiling_lines_explain_only_where_abft_falls_short():
     assert "| sst2 | 128 | 0.600 | 0.850 | 0.900 | 0.880 | 0.890 | - |" in table  # E2E's validation not recorded
     summary, *why = paper_report.ceiling_claims(rows, paper_report.table1(rows, "smollm2-135m"))
     assert "stops short of its own target" in summary and "on 1 of 2 datasets (trec 0.460 -> 0.670)" in summary
-    assert "above E2E's validation accuracy on 0 ()" in summary  # TREC's 0.67 is below E2E's 0.82
+    assert "above E2E's validation accuracy on 0 of 1 ()" in summary  # TREC's 0.67 is below E2E's 0.82
     assert len(why) == 1 and "falls short on trec" in why[0]  # SST-2: ABFT level with E2E, far above vanilla
     assert "Training stopped short of its own target (the edit adds +0.210)" in why[0]
     assert "worth less than what E2E reaches" in why[0]  # 0.82 vs the best edit, 0.70, on 128 prompts

@@ -346,7 +346,7 @@ def ceiling_claims(rows: dict[str, dict], grid: dict[str, dict[str, Est]]) -> li
             f"- why ABFT falls short on {d} (test: {test}), `abft ceiling` on {c['prompts']} validation prompts: "
             f"ABFT's target edited into the base model {c['base']:.3f} -> {c['base_edit']:.3f} in its heads, "
             f"{c['base_edit_all']:.3f} in every head; ABFT-trained {c['trained']:.3f}, with the edit "
-            f"{c['trained_edit']:.3f}{e2e}. " + _sentence("; ".join(why) or "no difference beyond 2 s.e.")
+            f"{c['trained_edit']:.3f}{e2e}. " + _sentence("; ".join(why) or "no difference beyond 2 standard errors")
         )
     return out
 

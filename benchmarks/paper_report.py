@@ -5,9 +5,11 @@
 Table 1 is a grid (dataset x vanilla / contextual calibration / E2E / ABFT, accuracy +- standard error and
 macro-F1; seeds averaged, their spread shown) with a mean row over the datasets that have every column. Each
 claim line says holds / does not hold / cannot be decided yet, with the numbers; a claim whose cells have not
-landed names them. A change from vanilla uses the cells' paired standard errors (metrics.json `change`: the same
-prompts before and after) when every cell has one; other differences treat their two sides as independent
-samples, which overstates them. "holds" needs the difference beyond 2 standard errors.
+landed names them. A difference between two cells of one dataset is paired (they ask the same test prompts): from
+the cells' per-prompt correctness (`correct`), or, for a change from vanilla in cells written before they carried
+it, the run's own paired error (metrics.json `change`); otherwise the two sides are taken as independent samples,
+which overstates the error. A mean over datasets adds their errors in quadrature. "holds" needs the difference
+beyond 2 standard errors.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean, stdev
 
+import numpy as np
 from paper_tables import EMBEDDED, GEMMA, OUT, PAPER_DATASETS, cells
 
 SHORT = {EMBEDDED: "smollm2", GEMMA: "gemma"}
@@ -30,14 +33,27 @@ def load(directory: Path = OUT) -> dict[str, dict]:
 
 
 class Est:
-    """An accuracy (or mean of accuracies) with its standard error; macro-F1 and the seeds' spread beside it."""
+    """An accuracy (or mean of accuracies) with its standard error; macro-F1 and the seeds' spread beside it.
 
-    def __init__(self, value: float, se: float, f1=None, spread: float = 0.0, n: int = 1, change_se=None):
+    `correct`: per-prompt correctness (the mean over seeds) on dataset `on`'s shared test prompts, when the cells
+    carry it: a difference of two such estimates gets the paired error. `change_se`: a trained cell's paired
+    error of its change from vanilla (metrics.json `change`), for cells written before they carried `correct`."""
+
+    def __init__(self, value: float, se: float, f1=None, spread: float = 0.0, n: int = 1, change_se=None,
+                 correct: np.ndarray | None = None, on: str | None = None, vanilla: bool = False):  # fmt: skip
         self.value, self.se, self.f1, self.spread, self.n = value, se, f1, spread, n
-        self.change_se = change_se  # a trained cell's paired s.e. of its change from vanilla (same prompts)
+        self.change_se, self.correct, self.on, self.vanilla = change_se, correct, on, vanilla
 
     def __sub__(self, other: Est) -> Est:
-        return Est(self.value - other.value, math.hypot(self.se, other.se))
+        """The difference; paired when both sides hold the same prompts' correctness (or `other` is the vanilla
+        this cell's change_se was measured against), else the two taken as independent samples."""
+        value = self.value - other.value
+        a, b = self.correct, other.correct
+        if a is not None and b is not None and self.on == other.on and len(a) == len(b) > 1:
+            return Est(value, float(np.std(a - b, ddof=1)) / math.sqrt(len(a)))
+        if other.vanilla and self.change_se is not None:
+            return Est(value, self.change_se)
+        return Est(value, math.hypot(self.se, other.se))
 
     def cell(self) -> str:
         text = f"{self.value:.3f} +- {self.se:.3f}"
@@ -46,13 +62,23 @@ class Est:
         return text + (f" / F1 {self.f1:.3f}" if self.f1 is not None else "")
 
 
+def stage_est(row: dict, stage: str, **kw) -> Est:
+    """A cell's accuracy at `stage` (before / after training), with its per-prompt correctness when it has it."""
+    block = row[stage]
+    bits = block.get("correct")
+    correct = np.array([c == "1" for c in bits], dtype=float) if bits else None
+    return Est(block["accuracy"], block["accuracy_se"], block.get("macro_f1"), correct=correct, on=row["dataset"], **kw)
+
+
 def average(ests: list[Est], same_prompts: bool = False) -> Est:
     """The mean of estimates: of datasets (independent samples: the errors add in quadrature), or of one cell's
     seeds (`same_prompts`: the same test prompts, so the errors are not independent; their mean is kept, a
-    conservative bound) with the seeds' spread."""
+    conservative bound) with the seeds' spread and the mean per-prompt correctness."""
     values = [e.value for e in ests]
     f1s = [e.f1 for e in ests if e.f1 is not None]
     paired = [e.change_se for e in ests if e.change_se is not None]
+    rows = [e.correct for e in ests if e.correct is not None]
+    together = same_prompts and len(rows) == len(ests) and len({len(r) for r in rows}) == 1
 
     def combine(errors: list[float]) -> float:
         return mean(errors) if same_prompts else math.sqrt(sum(x**2 for x in errors)) / len(errors)
@@ -64,30 +90,36 @@ def average(ests: list[Est], same_prompts: bool = False) -> Est:
         max(values) - min(values),
         len(ests),
         combine(paired) if len(paired) == len(ests) else None,
+        np.mean(rows, axis=0) if together else None,
+        ests[0].on if same_prompts else None,
+        all(e.vanilla for e in ests),
     )
 
 
 def table1(rows: dict[str, dict], model: str) -> dict[str, dict[str, Est]]:
-    """dataset -> column -> estimate, from the t1 cells of one model."""
+    """dataset -> column -> estimate, from the t1 cells of one model. Every cell of a dataset shares the vanilla
+    prompts and score (its `before`); their per-prompt correctness, where cells carry it, must agree."""
     grid: dict[str, dict[str, list[Est]]] = defaultdict(lambda: defaultdict(list))
+    vanilla: dict[str, tuple[str, Est]] = {}  # dataset -> the cell it was read from, vanilla
     for r in rows.values():
         if r["table"] != "table1" or r["model"] != model:
             continue
-        before = r["before"]
-        vanilla = Est(before["accuracy"], before["accuracy_se"], before.get("macro_f1"))
+        before, dataset = r["before"], r["dataset"]
         if r["method"] == "base":
             if "calibrated_accuracy" in before:
                 acc = before["calibrated_accuracy"]
                 se = math.sqrt(acc * (1 - acc) / before["prompts"])
-                grid[r["dataset"]]["calibration"].append(Est(acc, se, before["calibrated_macro_f1"]))
+                grid[dataset]["calibration"].append(Est(acc, se, before["calibrated_macro_f1"]))
         elif "after" in r:
-            after = r["after"]
             change_se = (r.get("change") or {}).get("se")
-            grid[r["dataset"]][r["method"]].append(
-                Est(after["accuracy"], after["accuracy_se"], after.get("macro_f1"), change_se=change_se)
-            )
-        if not grid[r["dataset"]]["vanilla"]:  # every cell of a dataset shares the vanilla prompts and score
-            grid[r["dataset"]]["vanilla"].append(vanilla)
+            grid[dataset][r["method"]].append(stage_est(r, "after", change_se=change_se))
+        est, seen = stage_est(r, "before", vanilla=True), vanilla.get(dataset)
+        if seen and est.correct is not None and seen[1].correct is not None and (est.correct != seen[1].correct).any():
+            raise ValueError(f"{r['cell']} and {seen[0]} disagree on vanilla ICL: not the same test prompts")
+        if seen is None or (est.correct is not None and seen[1].correct is None):
+            vanilla[dataset] = (r["cell"], est)
+    for dataset, (_, est) in vanilla.items():
+        grid[dataset]["vanilla"] = [est]
     return {d: {c: average(ests, same_prompts=True) for c, ests in cols.items()} for d, cols in grid.items()}
 
 
@@ -121,9 +153,7 @@ def pair_claim(grid: dict, model: str, better: str, worse: str, paper: str, at_l
     if not both:
         return f"- {better} vs {worse} ({SHORT[model]}; paper: {paper}): no dataset has both yet."
     a, b = average([grid[d][better] for d in both]), average([grid[d][worse] for d in both])
-    diff = a - b
-    if worse == "vanilla" and a.change_se is not None:  # every cell has its paired error: the tighter one
-        diff.se = a.change_se
+    diff = average([grid[d][better] - grid[d][worse] for d in both])  # each dataset's difference, paired if it can
     lead = f"by more than {at_least:.2f}" if at_least else "on average"
     return (
         f"- {better} above {worse} {lead} ({SHORT[model]}, mean of {len(both)} of 8 datasets; paper: {paper}): "
@@ -242,11 +272,15 @@ def ablation_claims(rows: dict[str, dict]) -> list[str]:
         if not pairs:
             out.append(f"- ablation {name} below full ABFT (paper, Falcon3: 79.59 vs {paper}): not measured yet.")
             continue
-        full = average([Est(f["after"]["accuracy"], f["after"]["accuracy_se"]) for f, _ in pairs])
-        abl = average([Est(a["after"]["accuracy"], a["after"]["accuracy_se"]) for _, a in pairs])
+        full = [stage_est(f, "after") for f, _ in pairs]
+        abl = [stage_est(a, "after") for _, a in pairs]
+        diff = average(
+            [f - a for f, a in zip(full, abl, strict=True)]
+        )  # paired on each dataset's prompts where the cells can
         out.append(
             f"- ablation {name} below full ABFT (paper, Falcon3: 79.59 vs {paper}; {len(pairs)} datasets): "
-            f"**{verdict(full - abl)}**: {full.value:.3f} vs {abl.value:.3f}."
+            f"**{verdict(diff)}**: {average(full).value:.3f} vs {average(abl).value:.3f}, "
+            f"difference {diff.value:+.3f} +- {diff.se:.3f}."
         )
     return out
 

@@ -10,7 +10,8 @@ The cells of Tables 2-3 and unseen labels test it on every protocol: `abft expor
 weights, and `abft evaluate` tests the merged model and (once per dataset, `...-base`) the base model. The
 ceiling cells run `abft ceiling` on the base model and on an ABFT run (`--delta`): what ABFT's own target
 attention is worth, edited in, where ABFT falls short. A cell's small JSON lands in benchmarks/paper/<cell>.json
-when it has finished (test-prompt count, accuracy and its standard error, macro-F1, recency copy rate, what the
+when it has finished (test-prompt count, accuracy and its standard error, macro-F1, recency copy rate, each
+prompt's correctness where the run logged it (the report pairs cells on the same prompts), what the
 recipe chose, the validation curve's kept step, wall time, the commands). A cell whose JSON exists is skipped;
 an interrupted run directory (under --runs, default runs/paper) is resumed with `abft run --resume`, and a
 training run another cell needs is run again when its directory is gone (same seed and settings: the same
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -35,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from abft.evaluation.generalization import generalization_table
+from abft.evaluation.predictions import read_jsonl
+from abft.rundir import PREDICTIONS_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "paper"
@@ -143,6 +147,22 @@ def _stage(block: dict) -> dict:
     return stage
 
 
+def correct_bits(run_dir: Path, stage: str, block: dict) -> str | None:
+    """The normal test's per-prompt correctness, "1"/"0" in prompt order, from the run's predictions_<stage>.jsonl:
+    with it the report pairs two cells on the same prompts (a tighter error than treating them as independent).
+    None when the file is absent (an older abft) or does not reproduce the stage's prompt count and accuracy."""
+    try:
+        records = read_jsonl((run_dir / PREDICTIONS_FILE.format(stage=stage)).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    rows = [r for r in records if isinstance(r, dict) and isinstance(r.get("correct"), bool)]
+    if len(rows) != len(records) or [r.get("index") for r in rows] != list(range(len(rows))):
+        return None
+    bits = "".join("1" if r["correct"] else "0" for r in rows)
+    same = len(bits) == block.get("prompts", -1) > 0 and math.isclose(bits.count("1") / len(bits), block["accuracy"])
+    return bits if same else None
+
+
 def _read(run_dir: Path, name: str) -> dict:
     return json.loads((run_dir / name).read_text())
 
@@ -152,6 +172,9 @@ def summarize(cell: Cell, run_dir: Path, command: str, seconds: float, stages: d
     `stages`: the before / after blocks when they come from elsewhere (a trained model's protocols)."""
     metrics, config = _read(run_dir, "metrics.json"), _read(run_dir, "config.json")
     stage = {s: _stage(block) for s, block in (stages or metrics).items() if s in ("before", "after")}
+    for name, block in stage.items() if stages is None else ():  # the run's own normal test: per-prompt rows
+        if bits := correct_bits(run_dir, name, block):
+            block["correct"] = bits
     trained = cell.verb == "run" or cell.trained is not None
     validation = metrics.get("validation", {})
     return {

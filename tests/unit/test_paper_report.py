@@ -1,9 +1,13 @@
 """benchmarks/paper_report.py: Table 1's grid and the claim verdicts from cell JSONs."""
 
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from abft.evaluation.predictions import paired_change
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import paper_report  # noqa: E402
@@ -153,3 +157,68 @@ def test_ceiling_lines_explain_only_where_abft_falls_short():
     rows["t1-smollm2-trec-e2e-s0"]["validation"]["prompts"] = 256  # other prompts: not comparable
     _, line = paper_report.ceiling_claims(rows, paper_report.table1(rows, "smollm2-135m"))
     assert "E2E-trained" not in line and "worth less" not in line
+
+
+def _bits(rng, n, accuracy):
+    return "".join("1" if x else "0" for x in rng.random(n) < accuracy)
+
+
+def _with_bits(cell, before, after):
+    """A cell with per-prompt correctness, its accuracy and binomial standard error (as abft reports them)."""
+    name, row = cell
+    for stage, bits in (("before", before), ("after", after)):
+        p = bits.count("1") / len(bits)
+        row[stage] |= {"correct": bits, "accuracy": p, "accuracy_se": math.sqrt(p * (1 - p) / len(bits))}
+    return name, row
+
+
+def test_differences_on_the_same_prompts_are_paired():
+    rng = np.random.default_rng(0)
+    vanilla = _bits(rng, 256, 0.6)
+    # ABFT fixes 16 of vanilla's wrong prompts and breaks none; E2E the same 16 and 8 more
+    wrong = [i for i, c in enumerate(vanilla) if c == "0"]
+    abft = "".join("1" if i in wrong[:16] else c for i, c in enumerate(vanilla))
+    e2e = "".join("1" if i in wrong[:24] else c for i, c in enumerate(vanilla))
+    rows = dict(
+        [
+            _with_bits(_cell("sst2", "abft", 0, 0), vanilla, abft),
+            _with_bits(_cell("sst2", "e2e", 0, 0), vanilla, e2e),
+        ]
+    )
+    grid = paper_report.table1(rows, "smollm2-135m")
+    diff = grid["sst2"]["e2e"] - grid["sst2"]["abft"]
+    records = lambda bits: [{"correct": c == "1"} for c in bits]  # noqa: E731
+    expected = paired_change(records(abft), records(e2e))  # abft's own paired error, on the same records
+    assert diff.value == pytest.approx(8 / 256) and diff.se == pytest.approx(expected["se"])
+    assert diff.se < 0.5 * math.hypot(grid["sst2"]["e2e"].se, grid["sst2"]["abft"].se)
+    line = paper_report.pair_claim(grid, "smollm2-135m", "e2e", "abft", "p")
+    assert "**holds**" in line  # 8 more right and none fewer: certain when paired, not when independent
+    rows["t1-smollm2-sst2-e2e-s0"]["after"].pop("correct")
+    loose = paper_report.pair_claim(paper_report.table1(rows, "smollm2-135m"), "smollm2-135m", "e2e", "abft", "p")
+    assert "cannot be decided" in loose
+
+
+def test_cells_that_disagree_on_vanilla_are_refused():
+    rng = np.random.default_rng(1)
+    rows = dict(
+        [
+            _with_bits(_cell("sst2", "abft", 0, 0), _bits(rng, 64, 0.6), _bits(rng, 64, 0.8)),
+            _with_bits(_cell("sst2", "e2e", 0, 0), _bits(rng, 64, 0.6), _bits(rng, 64, 0.8)),
+        ]
+    )
+    with pytest.raises(ValueError, match="not the same test prompts"):
+        paper_report.table1(rows, "smollm2-135m")
+
+
+def test_ablations_are_paired_with_full_abft():
+    rng = np.random.default_rng(2)
+    vanilla = _bits(rng, 256, 0.6)
+    full = "1" * 220 + "0" * 36
+    rows = {}
+    for dataset in ("sst2", "rotten_tomatoes"):
+        rows |= dict([_with_bits(_cell(dataset, "abft", 0, 0), vanilla, full)])
+        name, row = _with_bits(_cell(dataset, "abft", 0, 0), vanilla, "0" * 6 + full[6:])  # 6 fewer right
+        row |= {"cell": name.replace("t1-", "abl-").replace("abft-s0", "no-pid"), "table": "ablation"}
+        rows[row["cell"]] = row
+    no_pid = next(line for line in paper_report.ablation_claims(rows) if "no-pid" in line)
+    assert "**holds**" in no_pid and "difference +0.023 +- 0.007" in no_pid  # 6 of 256 on both; independent: 0.031

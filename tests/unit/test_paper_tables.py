@@ -209,3 +209,28 @@ def test_a_run_ceiling_refuses_is_trained_again_and_a_crash_is_not(fake_abft, tm
         ("ceiling", "ceil-smollm2-sst2-abft-s0-trained"),
     ]
     assert any(p.name.startswith("t1-smollm2-sst2-abft-s0.refused-") for p in runs.iterdir())
+
+
+def test_a_cell_keeps_each_prompts_correctness_when_its_run_logged_it(fake_abft, tmp_path):
+    runs = tmp_path / "runs"
+    cell = _cell("t1-smollm2-sst2-abft-s0")
+    paper_tables.run_cell(cell, runs, commit=False)
+    assert "correct" not in json.loads((tmp_path / "paper" / f"{cell.id}.json").read_text())["after"]  # none logged
+    run_dir = runs / cell.id
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["after"] |= {"accuracy": 0.75, "prompts": 4}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+    def after(records):
+        (run_dir / "predictions_after.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return paper_tables.summarize(cell, run_dir, "abft run", 1.0)["after"].get("correct")
+
+    right = [True, True, False, True]
+    assert after([{"index": i, "correct": c} for i, c in enumerate(right)]) == "1101"
+    assert after([{"index": i, "correct": c} for i, c in enumerate(right[::-1])]) == "1011"
+    assert after([{"index": i, "correct": c} for i, c in enumerate([True] * 4)]) is None  # not the run's accuracy
+    assert after([{"index": i, "correct": c} for i, c in enumerate(right[:3])]) is None  # not its prompts
+    assert after([{"index": 3 - i, "correct": c} for i, c in enumerate(right)]) is None  # not in prompt order
+    assert after([{"index": i, "correct": int(c)} for i, c in enumerate(right)]) is None  # not a boolean
+    (run_dir / "predictions_after.jsonl").write_text("[[[[")
+    assert paper_tables.summarize(cell, run_dir, "abft run", 1.0)["after"].get("correct") is None

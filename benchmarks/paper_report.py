@@ -370,6 +370,12 @@ def ceiling_claims(rows: dict[str, dict], grid: dict[str, dict[str, Est]]) -> li
             why.append(
                 f"training stopped short of its own target (the edit adds {c['trained_edit'] - c['trained']:+.3f})"
             )
+        elif beyond(c["base_edit"], c["trained"]):  # the edit lifts the base model but no longer the trained one
+            why.append(
+                f"training ended below what the target gives the base model ({c['trained']:.3f} vs "
+                f"{c['base_edit']:.3f}) and the edit no longer lifts the trained model: on this task training, "
+                "not the target, falls short"
+            )
         if c["e2e"] is not None and beyond(c["e2e"], best):
             why.append("the target is worth less than what E2E reaches: the right label's tokens in the last "
                        "token's attention are not all this task needs")  # fmt: skip

@@ -272,11 +272,12 @@ def ablation_claims(rows: dict[str, dict]) -> list[str]:
         if not pairs:
             out.append(f"- ablation {name} below full ABFT (paper, Falcon3: 79.59 vs {paper}): not measured yet.")
             continue
+        for f, a in pairs:  # paired below: the same prompts, so the same vanilla ICL where both logged it
+            if len({r["before"]["correct"] for r in (f, a) if "correct" in r["before"]}) > 1:
+                raise ValueError(f"{a['cell']} and {f['cell']} disagree on vanilla ICL: not the same test prompts")
         full = [stage_est(f, "after") for f, _ in pairs]
         abl = [stage_est(a, "after") for _, a in pairs]
-        diff = average(
-            [f - a for f, a in zip(full, abl, strict=True)]
-        )  # paired on each dataset's prompts where the cells can
+        diff = average([f - a for f, a in zip(full, abl, strict=True)])
         out.append(
             f"- ablation {name} below full ABFT (paper, Falcon3: 79.59 vs {paper}; {len(pairs)} datasets): "
             f"**{verdict(diff)}**: {average(full).value:.3f} vs {average(abl).value:.3f}, "

@@ -236,3 +236,13 @@ def test_a_ceiling_where_training_moved_away_from_a_target_that_works():
     _, why = paper_report.ceiling_claims(rows, paper_report.table1(rows, "smollm2-135m"))
     assert "Training ended below what the target gives the base model (0.320 vs 0.460)" in why
     assert "stopped short of its own target" not in why and "worth less than what E2E" not in why
+
+
+def test_an_ablation_on_other_prompts_is_refused():
+    rng = np.random.default_rng(3)
+    rows = dict([_with_bits(_cell("sst2", "abft", 0, 0), _bits(rng, 64, 0.6), _bits(rng, 64, 0.8))])
+    name, row = _with_bits(_cell("sst2", "abft", 0, 0), _bits(rng, 64, 0.6), _bits(rng, 64, 0.8))
+    row |= {"cell": "abl-smollm2-sst2-a0", "table": "ablation"}
+    rows[row["cell"]] = row
+    with pytest.raises(ValueError, match="not the same test prompts"):
+        paper_report.ablation_claims(rows)

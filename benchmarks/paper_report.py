@@ -162,15 +162,18 @@ def pair_claim(grid: dict, model: str, better: str, worse: str, paper: str, at_l
 
 
 def f1_disagreements(rows: dict[str, dict]) -> str:
-    """Cells whose accuracy rose while macro-F1 fell (a gain in accuracy alone is not a gain)."""
-    bad = [
-        f"{r['cell']} (accuracy {r['after']['accuracy'] - r['before']['accuracy']:+.3f}, "
-        f"macro-F1 {r['after']['macro_f1'] - r['before']['macro_f1']:+.3f})"
-        for r in rows.values()
-        if "after" in r
-        and r["after"]["accuracy"] > r["before"]["accuracy"]
-        and r["after"]["macro_f1"] < r["before"]["macro_f1"]
-    ]
+    """Cells where accuracy and macro-F1 tell different stories (a gain in accuracy alone is not a gain): accuracy
+    rose while macro-F1 fell, or accuracy held (its change within 2 paired s.e.) while macro-F1 fell by more than
+    that, a model leaning further toward some labels."""
+    bad = []
+    for r in rows.values():
+        if not all("macro_f1" in r.get(s, {}) and "accuracy" in r.get(s, {}) for s in ("before", "after")):
+            continue
+        change_se = (r.get("change") or {}).get("se")
+        acc = stage_est(r, "after", change_se=change_se) - stage_est(r, "before", vanilla=True)
+        f1 = r["after"]["macro_f1"] - r["before"]["macro_f1"]
+        if acc.value > 0 > f1 or (abs(acc.value) <= 2 * acc.se and f1 < -2 * acc.se):
+            bad.append(f"{r['cell']} (accuracy {acc.value:+.3f} +- {acc.se:.3f}, macro-F1 {f1:+.3f})")
     return "- accuracy and macro-F1 disagree in: " + ("; ".join(bad) if bad else "no finished cell.")
 
 

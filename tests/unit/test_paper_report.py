@@ -50,6 +50,10 @@ def test_grid_mean_and_verdicts():
     assert "cannot be decided" in lines["e2e"]  # -0.005 with s.e. 0.01
     assert "t1-smollm2-trec-abft-s0" in paper_report.f1_disagreements(rows)
     assert "sst2-abft" not in paper_report.f1_disagreements(rows)
+    rows |= dict([_cell("hate", "abft", 0.56, 0.55, f1_after=0.40)])  # accuracy held, macro-F1 fell beyond its noise
+    rows |= dict([_cell("emotion", "abft", 0.56, 0.55, f1_after=0.55)])  # both held
+    assert "t1-smollm2-hate-abft-s0 (accuracy -0.010 +- 0.014, macro-F1 -0.160)" in paper_report.f1_disagreements(rows)
+    assert "emotion" not in paper_report.f1_disagreements(rows)
 
 
 def test_seeds_are_averaged_with_their_spread():

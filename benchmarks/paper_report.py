@@ -96,11 +96,18 @@ def average(ests: list[Est], same_prompts: bool = False) -> Est:
     )
 
 
+def same_vanilla(a: dict, b: dict) -> None:
+    """Refuse two cells that disagree on vanilla ICL prompt by prompt (where both logged it): they were not scored on
+    the same test prompts, so neither a shared vanilla column nor a paired difference would mean anything."""
+    if len({r["before"]["correct"] for r in (a, b) if "correct" in r["before"]}) > 1:
+        raise ValueError(f"{a['cell']} and {b['cell']} disagree on vanilla ICL: not the same test prompts")
+
+
 def table1(rows: dict[str, dict], model: str) -> dict[str, dict[str, Est]]:
     """dataset -> column -> estimate, from the t1 cells of one model. Every cell of a dataset shares the vanilla
     prompts and score (its `before`); their per-prompt correctness, where cells carry it, must agree."""
     grid: dict[str, dict[str, list[Est]]] = defaultdict(lambda: defaultdict(list))
-    vanilla: dict[str, tuple[str, Est]] = {}  # dataset -> the cell it was read from, vanilla
+    vanilla: dict[str, dict] = {}  # dataset -> the cell its vanilla ICL is read from
     for r in rows.values():
         if r["table"] != "table1" or r["model"] != model:
             continue
@@ -113,13 +120,12 @@ def table1(rows: dict[str, dict], model: str) -> dict[str, dict[str, Est]]:
         elif "after" in r:
             change_se = (r.get("change") or {}).get("se")
             grid[dataset][r["method"]].append(stage_est(r, "after", change_se=change_se))
-        est, seen = stage_est(r, "before", vanilla=True), vanilla.get(dataset)
-        if seen and est.correct is not None and seen[1].correct is not None and (est.correct != seen[1].correct).any():
-            raise ValueError(f"{r['cell']} and {seen[0]} disagree on vanilla ICL: not the same test prompts")
-        if seen is None or (est.correct is not None and seen[1].correct is None):
-            vanilla[dataset] = (r["cell"], est)
-    for dataset, (_, est) in vanilla.items():
-        grid[dataset]["vanilla"] = [est]
+        seen = vanilla.get(dataset)
+        if seen is None or ("correct" in before and "correct" not in seen["before"]):
+            vanilla[dataset] = r
+        same_vanilla(r, seen or r)
+    for dataset, r in vanilla.items():
+        grid[dataset]["vanilla"] = [stage_est(r, "before", vanilla=True)]
     return {d: {c: average(ests, same_prompts=True) for c, ests in cols.items()} for d, cols in grid.items()}
 
 
@@ -275,9 +281,8 @@ def ablation_claims(rows: dict[str, dict]) -> list[str]:
         if not pairs:
             out.append(f"- ablation {name} below full ABFT (paper, Falcon3: 79.59 vs {paper}): not measured yet.")
             continue
-        for f, a in pairs:  # paired below: the same prompts, so the same vanilla ICL where both logged it
-            if len({r["before"]["correct"] for r in (f, a) if "correct" in r["before"]}) > 1:
-                raise ValueError(f"{a['cell']} and {f['cell']} disagree on vanilla ICL: not the same test prompts")
+        for f, a in pairs:  # paired below
+            same_vanilla(a, f)
         full = [stage_est(f, "after") for f, _ in pairs]
         abl = [stage_est(a, "after") for _, a in pairs]
         diff = average([f - a for f, a in zip(full, abl, strict=True)])

@@ -199,7 +199,10 @@ def summarize(cell: Cell, run_dir: Path, command: str, seconds: float, stages: d
             stage.get("before", {}).get("generalization"), stage.get("after", {}).get("generalization")
         ),  # fmt: skip
         "change": metrics.get("change"),  # paired: accuracy, se, prompts right / wrong only after training
-        "validation_curve": [[r["step"], r["accuracy"]] for r in validation.get("curve", [])],
+        "validation_curve": [  # [step, accuracy, macro-F1]; a run of an older abft has no macro-F1
+            [r["step"], r["accuracy"]] + ([r["macro_f1"]] if "macro_f1" in r else [])
+            for r in validation.get("curve", [])
+        ],
         "trained_by": cell.trained.id if cell.trained else None,
         **_provenance(seconds),
     }

@@ -85,14 +85,14 @@ def _monitor_problem(monitor, params: list, steps: int) -> str | None:
     """The validation monitor's state (validation.ValidationMonitor.state_dict), when the run has one."""
     if monitor is None:
         return None
-    if not isinstance(monitor, dict) or not {"curve", "best", "best_step", "best_params"} <= set(monitor):
+    if not isinstance(monitor, dict) or not {"curve", "best_step", "best_params"} <= set(monitor):
         return "a malformed validation state"
     curve, best_params = monitor["curve"], monitor["best_params"]
-    if not isinstance(curve, list) or not all(
-        isinstance(row, list) and len(row) == 3 and all(_finite(v) for v in row) and 0 <= row[0] <= steps
+    if not isinstance(curve, list) or not all(  # [step, accuracy, likelihood, macro-F1] (an older abft: no F1)
+        isinstance(row, list) and len(row) == 4 and all(_finite(v) for v in row) and 0 <= row[0] <= steps
         for row in curve
     ):
-        return "a malformed validation curve"
+        return "a malformed validation curve (or one from an older abft, without macro-F1)"
     if not isinstance(best_params, list) or len(best_params) != (len(params) if curve else 0):
         return "best-step weights for other parameters"
     for value, p in zip(best_params, params, strict=False):

@@ -17,6 +17,8 @@ from .evaluation.calibration_methods import CALIBRATIONS
 from .limits import check_at_least, check_run
 from .objectives import OBJECTIVES
 
+KEEP = ("best", "best-f1", "last")  # the weights a training run keeps at its end (abft.validation)
+
 
 def opt(default, help: str, flag: str | None = None, choices=None, negate: str | None = None, nargs=None, **extra):
     """A config field. `extra`: const (nargs "*": the value of the bare flag), legacy ({old bool: value} that
@@ -120,8 +122,9 @@ class TrainConfig:
     keep: str | None = opt(
         None,
         "the weights kept at the end: best (the step with the highest validation accuracy, step 0 = the "
-        "unchanged model included) or last (default: from --recipe)",
-        choices=["best", "last"],
+        "unchanged model included), best-f1 (highest validation macro-F1: for imbalanced tasks, where accuracy "
+        "can rise as the model leans onto the majority label) or last (default: from --recipe)",
+        choices=list(KEEP),
     )
 
     def validate(self) -> None:
@@ -140,9 +143,9 @@ class TrainConfig:
         lr = param("lr")
         if self.lr is not None and not 0 < self.lr < math.inf:
             raise UserError(f"{lr} must be positive and finite, got {self.lr}; the paper uses 2e-5")
-        if self.keep == "best" and self.val_samples == 0:
+        if self.keep not in (None, "last") and self.val_samples == 0:
             raise UserError(
-                f"{param('keep', 'best')} needs validation prompts: give {param('val_samples', 'N')} (N >= 1) or "
+                f"{param('keep', self.keep)} needs validation prompts: give {param('val_samples', 'N')} (N >= 1) or "
                 f"{param('keep', 'last')}"
             )
         if self.lr is not None and self.lr > MAX_LR:  # a larger finite lr only diverges (1e39 overflows Adam)

@@ -47,6 +47,9 @@ def fake_abft(monkeypatch, tmp_path):
             config = {"seed": 0, "train": {"method": method, "recipe": "auto", "lr": 3e-4, "val_samples": 128,
                       "val_every": 4, "keep": "best", "epochs": 2}, "data": {"train_samples": 512}}  # fmt: skip
             metrics = {"before": _stage(0.6, 0.4), "after": _stage(trained_accuracy[method], 0.5)}
+            curve = [{"step": s, "accuracy": a, "true_label_likelihood": 0.5, "macro_f1": f} for s, a, f in CURVE]
+            metrics["validation"] = {"prompts": 128, "kept_step": 4, "best_accuracy": 0.7, "base_accuracy": 0.6,
+                                     "curve": curve}  # fmt: skip
         else:  # evaluate: the base model, or a merged one (its accuracy: the trained run's)
             merged = Path(model) / "model.safetensors"
             method = merged.read_text().split("-")[-2] if merged.is_file() else None
@@ -64,6 +67,9 @@ def fake_abft(monkeypatch, tmp_path):
     return calls
 
 
+CURVE = [(0, 0.6, 0.4), (4, 0.7, 0.55)]  # a fake run's validation curve: step, accuracy, macro-F1
+
+
 def _cell(cell_id):
     return next(c for c in paper_tables.cells() if c.id == cell_id)
 
@@ -72,6 +78,8 @@ def test_protocol_cells_test_the_table1_model_and_train_nothing_twice(fake_abft,
     runs = tmp_path / "runs"
     paper_tables.run_cell(_cell("t1-smollm2-sst2-abft-s0"), runs, commit=False)
     assert fake_abft == [("run", "t1-smollm2-sst2-abft-s0")]
+    row = json.loads((tmp_path / "paper" / "t1-smollm2-sst2-abft-s0.json").read_text())
+    assert row["validation_curve"] == [list(r) for r in CURVE]  # accuracy and macro-F1 per validation step
     fake_abft.clear()
 
     paper_tables.run_cell(_cell("t23-smollm2-sst2-abft-s0"), runs, commit=False)

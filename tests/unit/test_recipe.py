@@ -24,12 +24,13 @@ def _tensors(model):
     return {k: v.clone() for k, v in trained_tensors(model, find_qk_slices(model)).items()}
 
 
-def _scripted(accuracies):
-    """A score function that returns the next scripted accuracy on each call (step 0 first)."""
-    calls = iter(accuracies)
+def _scripted(accuracies, f1s=None):
+    """A score function that returns the next scripted accuracy (and macro-F1) on each call (step 0 first)."""
+    calls = iter(zip(accuracies, f1s or [0.5] * len(accuracies), strict=True))
 
     def score(model):
-        return {"accuracy": next(calls), "true_label_likelihood": 0.5}
+        accuracy, f1 = next(calls)
+        return {"accuracy": accuracy, "true_label_likelihood": 0.5, "macro_f1": f1}
 
     return score
 
@@ -76,8 +77,9 @@ def test_explicit_settings_win_over_the_recipe():
 def test_keep_best_without_validation_is_refused():
     from abft.errors import UserError
 
-    with pytest.raises(UserError, match="keep=best needs validation"):
-        TrainConfig(val_samples=0, keep="best").validate()
+    for keep in ("best", "best-f1"):
+        with pytest.raises(UserError, match=f"keep={keep} needs validation"):
+            TrainConfig(val_samples=0, keep=keep).validate()
 
 
 # ------------------------------------------------------------------------------------ best-step selection
@@ -126,6 +128,31 @@ def test_step_zero_can_be_kept_and_keep_last_keeps_the_last():
     assert all(torch.equal(a[k], b[k]) for k in a)  # validation itself changes nothing
 
 
+def test_keep_best_f1_keeps_the_step_of_highest_macro_f1():
+    # accuracy peaks at step 2 (the model leaning onto the majority label), macro-F1 at step 1; ties in F1 go
+    # to the higher accuracy (steps 3 and 4: 0.7 > 0.6)
+    accuracies, f1s = [0.5, 0.6, 0.9, 0.6, 0.7], [0.4, 0.7, 0.3, 0.6, 0.6]
+    kept = {}
+    for keep, f1 in (("best", f1s), ("best-f1", f1s), ("best-f1", [0.4, 0.5, 0.3, 0.6, 0.6])):
+        model = tiny_llama()
+        snapshots = {0: _tensors(model)}
+
+        def snapshot(record, model=model, snapshots=snapshots):
+            snapshots[record.step] = _tensors(model)
+
+        monitor = ValidationMonitor(_scripted(accuracies, f1), every=1, keep=keep)
+        records = train(model, fake_prompts(8, k=3), TrainConfig(**CFG), 0, LABEL_TOKENS, on_step=snapshot,
+                        monitor=monitor)  # fmt: skip
+        summary = monitor.summary()
+        step = summary["kept_step"]
+        final = _tensors(model)
+        assert all(torch.equal(final[k], snapshots[step][k]) for k in final)
+        assert summary["best_accuracy"] == accuracies[step] and summary["best_macro_f1"] == f1[step]
+        assert [r["macro_f1"] for r in summary["curve"]] == f1 and [r.extra["val_macro_f1"] for r in records] == f1[1:]
+        kept.setdefault(keep, []).append(step)
+    assert kept == {"best": [2], "best-f1": [1, 4]}
+
+
 def test_resume_keeps_the_best_step(tmp_path):
     prompts = fake_prompts(8, k=3)
     accuracies = [0.5, 0.9, 0.6, 0.7, 0.8]
@@ -172,19 +199,23 @@ def test_validation_prompts_are_apart_from_training_and_test_prompts():
     assert not {text[q] for q in val_q} & {text[q] for q in test_q | train_q}
 
 
-@pytest.mark.parametrize("method", ["abft", "e2e"])
-def test_run_records_the_recipe_and_the_validation_curve(patch_runner, tmp_path, capsys, method):
+@pytest.mark.parametrize(("method", "keep"), [("abft", None), ("e2e", "best-f1")])
+def test_run_records_the_recipe_and_the_validation_curve(patch_runner, tmp_path, capsys, method, keep):
     patch_runner()  # the toy dataset stands for a user's: its own demonstration split gives the validation prompts
     out = tmp_path / "run"
     args = ["run", "--method", method, "--k", "2", "--train-samples", "8", "--pseudo-batch-size", "4", "--epochs", "1"]
+    args += ["--keep", keep] if keep else []
     assert main([*args, "--test-samples", "8", "--val-samples", "6", "--val-every", "1", "--output", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
-    assert config["train"]["recipe"] == "auto" and config["train"]["keep"] == "best"
+    assert config["train"]["recipe"] == "auto" and config["train"]["keep"] == metrics["validation"]["keep"] == (
+        keep or "best"
+    )
     assert config["train"]["lr"] == config["recipe_choices"]["lr"] > 0 and "val_samples" not in config["recipe_choices"]
     assert metrics["validation"]["prompts"] == 6 and [r["step"] for r in metrics["validation"]["curve"]] == [0, 1, 2]
+    assert all(0 <= r["macro_f1"] <= 1 for r in metrics["validation"]["curve"])
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert all("val_accuracy" in r for r in log)
+    assert all("val_accuracy" in r and "val_macro_f1" in r for r in log)
     printed = capsys.readouterr().out
     assert "recipe auto: lr" in printed and f"--lr {config['train']['lr']:g} --val-samples 6" in printed
     assert "95% interval" in printed and "change" in printed and "fewer than StaICC's 1024" in printed
@@ -210,7 +241,8 @@ def test_a_tampered_validation_state_is_refused_on_resume(tmp_path):
     tampered = {
         "shape": {**state["monitor"], "best_params": [torch.zeros(1)] * len(state["monitor"]["best_params"])},
         "step": {**state["monitor"], "best_step": 7},
-        "curve": {**state["monitor"], "curve": [[0, float("nan"), 0.5]]},
+        "curve": {**state["monitor"], "curve": [[0, float("nan"), 0.5, 0.5]]},
+        "older": {**state["monitor"], "curve": [row[:3] for row in state["monitor"]["curve"]]},  # no macro-F1
     }
     for bad in tampered.values():
         torch.save({**state, "monitor": bad}, tmp_path / FILE)

@@ -223,25 +223,30 @@ def training_figure(log: list[dict]) -> bytes:
 
 
 def validation_figure(validation: dict) -> bytes:
-    """Validation accuracy per optimiser step (step 0: the unchanged model), the kept step marked."""
+    """Validation accuracy (and macro-F1, where recorded) per optimiser step (step 0: the unchanged model), the
+    kept step marked on the curve it was chosen by."""
     curve = validation["curve"]
     steps, accuracy = [r["step"] for r in curve], [r["accuracy"] for r in curve]
+    f1 = [r.get("macro_f1") for r in curve]
     fig = _new("validation")
     ax = fig.subplots()
     ax.plot(steps, accuracy, marker="o", color="tab:blue", label="validation accuracy")
+    if None not in f1:  # runs of an older abft recorded accuracy only
+        ax.plot(steps, f1, marker=".", color="tab:green", label="validation macro-F1")
     ax.axhline(accuracy[0], linestyle="--", color="gray", label="unchanged model (step 0)")
     kept = validation.get("kept_step")
+    chosen = f1 if validation.get("keep") == "best-f1" and None not in f1 else accuracy
     if kept in steps:
-        ax.plot([kept], [accuracy[steps.index(kept)]], marker="*", markersize=16, color="tab:red", linestyle="")
+        ax.plot([kept], [chosen[steps.index(kept)]], marker="*", markersize=16, color="tab:red", linestyle="")
         ax.annotate(
             f"kept: step {kept}",
-            (kept, accuracy[steps.index(kept)]),
+            (kept, chosen[steps.index(kept)]),
             textcoords="offset points",
             xytext=(6, 8),
             color="tab:red",
         )
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy" if None in f1 else "accuracy / macro-F1")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

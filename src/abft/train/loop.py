@@ -127,7 +127,8 @@ class _Loop:
         record.extra.update({key: value / n for key, value in counts.items()})
         self.controller.update(record.heads)
         if self.monitor is not None and self.monitor.due(step, len(self.plan)):
-            record.extra["val_accuracy"] = self.monitor.observe(self.model, step, self.trainable.params)["accuracy"]
+            scores = self.monitor.observe(self.model, step, self.trainable.params)
+            record.extra["val_accuracy"], record.extra["val_macro_f1"] = scores["accuracy"], scores["macro_f1"]
         return record
 
     def _accumulate(self, chunk: list[int], penalty: float) -> tuple[float, float, dict[str, float]]:

@@ -294,6 +294,26 @@ def ablation_claims(rows: dict[str, dict]) -> list[str]:
     return out
 
 
+def keep_claims(rows: dict[str, dict]) -> list[str]:
+    """ABFT kept at the step of best validation macro-F1 (`--keep best-f1`) beside the recipe's best accuracy."""
+    out = []
+    for r in (r for r in rows.values() if r["table"] == "keep"):
+        full = rows.get(f"t1-smollm2-{r['dataset']}-abft-s0")
+        if full is None:
+            continue
+        same_vanilla(r, full)
+        f1, acc, vanilla = stage_est(r, "after"), stage_est(full, "after"), stage_est(full, "before", vanilla=True)
+        diff = f1 - acc
+        kept = [(x.get("validation") or {}).get("kept_step") for x in (full, r)]
+        out.append(
+            f"- {r['dataset']}, ABFT keeping the step of best validation macro-F1 (`--keep best-f1`) instead of "
+            f"best accuracy (step {kept[0]} -> {kept[1]}): accuracy {acc.value:.3f} -> {f1.value:.3f} "
+            f"({diff.value:+.3f} +- {diff.se:.3f}), macro-F1 {acc.f1:.3f} -> {f1.f1:.3f}; vanilla ICL "
+            f"{vanilla.value:.3f} / F1 {vanilla.f1:.3f}."
+        )
+    return out
+
+
 CEILING_COLUMNS = {  # key -> (heading, part, edit, heads) of a ceiling cell's rows (`abft ceiling`, validation)
     "base": ("base", "base", "none", "-"),
     "base_edit": ("base + target, ABFT's heads", "base", "target", "filter"),
@@ -421,6 +441,7 @@ def main() -> None:
         *ceiling_claims(rows, grids[EMBEDDED]),
         *protocol_claims(rows),
         *ablation_claims(rows),
+        *keep_claims(rows),
     ]
     print("\n".join(claims))
 

@@ -250,3 +250,21 @@ def test_an_ablation_on_other_prompts_is_refused():
     rows[row["cell"]] = row
     with pytest.raises(ValueError, match="not the same test prompts"):
         paper_report.ablation_claims(rows)
+
+
+def test_keep_f1_is_set_beside_the_accuracy_kept_run_paired():
+    rng = np.random.default_rng(5)
+    vanilla, after = _bits(rng, 64, 0.55), _bits(rng, 64, 0.6)
+    rows = dict([_with_bits(_cell("hate", "abft", 0, 0, f1_after=0.38), vanilla, after)])
+    name, row = _with_bits(_cell("hate", "abft", 0, 0, f1_after=0.55), vanilla, _bits(rng, 64, 0.62))
+    row |= {"cell": "keep-smollm2-hate-f1", "table": "keep", "validation": {"kept_step": 4}}
+    rows["t1-smollm2-hate-abft-s0"]["validation"] = {"kept_step": 8}
+    rows[row["cell"]] = row
+    (line,) = paper_report.keep_claims(rows)
+    records = lambda bits: [{"correct": c == "1"} for c in bits]  # noqa: E731
+    diff = paired_change(records(rows["t1-smollm2-hate-abft-s0"]["after"]["correct"]), records(row["after"]["correct"]))
+    assert f"{diff['accuracy']:+.3f} +- {diff['se']:.3f}" in line
+    assert "(step 8 -> 4)" in line and "macro-F1 0.380 -> 0.550" in line
+    row["before"]["correct"] = _bits(rng, 64, 0.55)  # other prompts
+    with pytest.raises(ValueError, match="not the same test prompts"):
+        paper_report.keep_claims(rows)

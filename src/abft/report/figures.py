@@ -404,9 +404,10 @@ def run_figures(metrics: dict, heads: dict, example: dict | None, shift: dict | 
         out.append(Figure("training", "Training dynamics", caption, training_figure(log)))
     if metrics.get("validation", {}).get("curve"):
         caption = (
-            "Accuracy on held-out validation prompts (queries and demonstrations from the demonstration split, "
-            "never the test split) during training; the star marks the step whose weights were kept "
-            "(metrics.json 'validation')."
+            "Accuracy and macro-F1 on held-out validation prompts (queries and demonstrations from the "
+            "demonstration split, never the test split) during training; the star marks the step whose weights "
+            "were kept, on the curve that chose it (--keep best: accuracy, best-f1: macro-F1; metrics.json "
+            "'validation')."
         )
         out.append(Figure("validation", "Validation curve", caption, validation_figure(metrics["validation"])))
     if shift:

@@ -286,8 +286,9 @@ def ablation_claims(rows: dict[str, dict]) -> list[str]:
         full = [stage_est(f, "after") for f, _ in pairs]
         abl = [stage_est(a, "after") for _, a in pairs]
         diff = average([f - a for f, a in zip(full, abl, strict=True)])
+        datasets = f"{len(pairs)} dataset" + "s" * (len(pairs) > 1)
         out.append(
-            f"- ablation {name} below full ABFT (paper, Falcon3: 79.59 vs {paper}; {len(pairs)} datasets): "
+            f"- ablation {name} below full ABFT (paper, Falcon3: 79.59 vs {paper}; {datasets}): "
             f"**{verdict(diff)}**: {average(full).value:.3f} vs {average(abl).value:.3f}, "
             f"difference {diff.value:+.3f} +- {diff.se:.3f}."
         )

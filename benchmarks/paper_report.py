@@ -295,6 +295,37 @@ def ablation_claims(rows: dict[str, dict]) -> list[str]:
     return out
 
 
+def seed_claims(rows: dict[str, dict], seeds: tuple[int, int] = (0, 1)) -> list[str]:
+    """Each trained method of Table 1 (embedded model) under two training seeds, on the datasets that have both:
+    the gain over vanilla per seed (does the headline survive a reseed?) and the seeds' difference (paired: the
+    same test prompts), with the largest per-dataset gap."""
+    out = []
+    for method in ("abft", "e2e"):
+        both = [
+            tuple(rows[f"t1-smollm2-{d}-{method}-s{s}"] for s in seeds)
+            for d in PAPER_DATASETS
+            if all(f"t1-smollm2-{d}-{method}-s{s}" in rows for s in seeds)
+        ]
+        if not both:
+            out.append(f"- seeds ({method}, smollm2): seed {seeds[1]} not measured yet.")
+            continue
+        for pair in both:
+            same_vanilla(*pair)
+        afters = [[stage_est(r, "after") for r in pair] for pair in both]
+        vanilla = [stage_est(pair[0], "before", vanilla=True) for pair in both]
+        gains = [average([a[i] - v for a, v in zip(afters, vanilla, strict=True)]) for i in range(2)]
+        gaps = [a[1] - a[0] for a in afters]
+        diff = average(gaps)
+        worst = max(range(len(both)), key=lambda i: abs(gaps[i].value))
+        per_seed = ", ".join(f"seed {s} {g.value:+.3f} +- {g.se:.3f}" for s, g in zip(seeds, gains, strict=True))
+        out.append(
+            f"- seeds ({method}, smollm2, {len(both)} of 8 datasets with both): gain over vanilla {per_seed}; "
+            f"seed {seeds[1]} minus seed {seeds[0]} {diff.value:+.3f} +- {diff.se:.3f}; the largest gap on one "
+            f"dataset {gaps[worst].value:+.3f} +- {gaps[worst].se:.3f} ({both[worst][0]['dataset']})."
+        )
+    return out
+
+
 def keep_claims(rows: dict[str, dict]) -> list[str]:
     """ABFT kept at the step of best validation macro-F1 (`--keep best-f1`) beside the recipe's best accuracy."""
     out = []
@@ -442,6 +473,7 @@ def main() -> None:
         *ceiling_claims(rows, grids[EMBEDDED]),
         *protocol_claims(rows),
         *ablation_claims(rows),
+        *seed_claims(rows),
         *keep_claims(rows),
     ]
     print("\n".join(claims))

@@ -268,3 +268,34 @@ def test_keep_f1_is_set_beside_the_accuracy_kept_run_paired():
     row["before"]["correct"] = _bits(rng, 64, 0.55)  # other prompts
     with pytest.raises(ValueError, match="not the same test prompts"):
         paper_report.keep_claims(rows)
+
+
+def test_seed_claims_pair_the_seeds_and_test_each_seeds_gain():
+    rng = np.random.default_rng(7)
+    rows = {}
+    for dataset in ("sst2", "trec"):  # trec: seed 1 gets right what seed 0 got wrong among the first 40 prompts
+        vanilla, s0 = _bits(rng, 64, 0.5), _bits(rng, 64, 0.6)
+        s1 = s0 if dataset == "sst2" else "".join("1" if i < 40 else c for i, c in enumerate(s0))
+        for seed, after in ((0, s0), (1, s1)):
+            name, row = _with_bits(_cell(dataset, "abft", 0, 0), vanilla, after)
+            row["cell"] = name.replace("-s0", f"-s{seed}")
+            rows[row["cell"]] = row
+    abft, e2e = paper_report.seed_claims(rows)
+    assert "not measured yet" in e2e
+    gained = rows["t1-smollm2-trec-abft-s1"]["after"]["accuracy"] - rows["t1-smollm2-trec-abft-s0"]["after"]["accuracy"]
+    assert gained > 0 and f"largest gap on one dataset {gained:+.3f}" in abft and "(trec)" in abft
+    assert f"seed 1 minus seed 0 {gained / 2:+.3f}" in abft
+    gains = [
+        np.mean(
+            [
+                rows[f"t1-smollm2-{d}-abft-s{s}"]["after"]["accuracy"]
+                - rows[f"t1-smollm2-{d}-abft-s{s}"]["before"]["accuracy"]
+                for d in ("sst2", "trec")
+            ]
+        )
+        for s in (0, 1)
+    ]
+    assert f"seed 0 {gains[0]:+.3f}" in abft and f"seed 1 {gains[1]:+.3f}" in abft
+    rows["t1-smollm2-trec-abft-s1"]["before"]["correct"] = _bits(rng, 64, 0.5)  # other prompts
+    with pytest.raises(ValueError, match="not the same test prompts"):
+        paper_report.seed_claims(rows)

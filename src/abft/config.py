@@ -17,7 +17,8 @@ from .evaluation.calibration_methods import CALIBRATIONS
 from .limits import check_at_least, check_run
 from .objectives import OBJECTIVES
 
-KEEP = ("best", "best-f1", "last")  # the weights a training run keeps at its end (abft.validation)
+# the weights a training run keeps at its end (abft.validation), as the recipe line names them
+KEEP = {"best": "the best step", "best-f1": "the step of best macro-F1", "last": "the last step"}
 
 
 def opt(default, help: str, flag: str | None = None, choices=None, negate: str | None = None, nargs=None, **extra):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import distributed
+from .config import KEEP
 from .errors import Text, param
 from .models.arch import find_qk_slices, qk_param
 
@@ -68,8 +69,7 @@ def describe(choices: dict, cfg) -> Text:
     parts = [f"lr {cfg.lr:g}" + (f" ({choices['lr_rule']})" if "lr_rule" in choices else "")]
     val = f"validation {cfg.val_samples} prompts every {cfg.val_every} steps"
     parts.append(val if cfg.val_samples else "no validation")
-    kept = {"best": "the best step", "best-f1": "the step of best macro-F1", "last": "the last step"}
-    parts.append(f"keep {kept[cfg.keep]}")
+    parts.append(f"keep {KEEP[cfg.keep]}")
     values = {"lr": f"{cfg.lr:g}", "val_samples": cfg.val_samples, "val_every": cfg.val_every, "keep": cfg.keep}
     settings = " ".join(param(name, value) for name, value in values.items())
     return Text(f"recipe {cfg.recipe}: {', '.join(parts)}; the same with explicit settings: {settings}")

@@ -218,6 +218,7 @@ def test_run_records_the_recipe_and_the_validation_curve(patch_runner, tmp_path,
     assert all("val_accuracy" in r and "val_macro_f1" in r for r in log)
     printed = capsys.readouterr().out
     assert "recipe auto: lr" in printed and f"--lr {config['train']['lr']:g} --val-samples 6" in printed
+    assert ("keep the step of best macro-F1" if keep else "keep the best step") in printed
     assert "95% interval" in printed and "change" in printed and "fewer than StaICC's 1024" in printed
 
 

@@ -121,9 +121,10 @@ def table1(rows: dict[str, dict], model: str) -> dict[str, dict[str, Est]]:
             change_se = (r.get("change") or {}).get("se")
             grid[dataset][r["method"]].append(stage_est(r, "after", change_se=change_se))
         seen = vanilla.get(dataset)
+        if seen is not None:
+            same_vanilla(r, seen)
         if seen is None or ("correct" in before and "correct" not in seen["before"]):
             vanilla[dataset] = r
-        same_vanilla(r, seen or r)
     for dataset, r in vanilla.items():
         grid[dataset]["vanilla"] = [stage_est(r, "before", vanilla=True)]
     return {d: {c: average(ests, same_prompts=True) for c, ests in cols.items()} for d, cols in grid.items()}

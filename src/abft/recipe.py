@@ -18,6 +18,8 @@ Explicit settings are never changed; `resolve` returns what it chose, for config
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from . import distributed
@@ -42,15 +44,28 @@ def resolve(cfg, model) -> dict:
             rms = qk_rms(model)
             chosen["lr"] = float(f"{RELATIVE_LR * rms:.2g}")
             chosen["lr_rule"] = f"{RELATIVE_LR:.3g} x RMS of W_Q/W_K ({rms:.4g})"
+    chosen |= validation_choices(cfg)
+    for key in ("lr", "val_samples", "keep"):
+        if key in chosen:
+            setattr(cfg, key, chosen[key])
+    return {"recipe": cfg.recipe, **chosen}
+
+
+def validation_choices(cfg) -> dict:
+    """The recipe's val_samples and keep where cfg leaves them None (no model needed)."""
+    chosen: dict = {}
     if cfg.val_samples is None:
         chosen["val_samples"] = 0 if cfg.recipe == "paper" else AUTO_VAL_SAMPLES
     if cfg.keep is None:
         val = chosen.get("val_samples", cfg.val_samples)
         chosen["keep"] = "best" if cfg.recipe == "auto" and val else "last"
-    for key in ("lr", "val_samples", "keep"):
-        if key in chosen:
-            setattr(cfg, key, chosen[key])
-    return {"recipe": cfg.recipe, **chosen}
+    return chosen
+
+
+def check(cfg) -> None:
+    """UserError before the model loads for explicit settings the recipe's own make impossible
+    (`--recipe paper --keep best`: the paper's recipe scores no validation prompts); cfg is not changed."""
+    dataclasses.replace(cfg, **validation_choices(cfg)).validate()
 
 
 @torch.no_grad()

@@ -44,6 +44,7 @@ from .models.context import check_context
 from .models.lora import add_lora
 from .models.weights import BaseWeights, save_trained
 from .objectives import ABFTObjective
+from .recipe import check as check_recipe
 from .recipe import describe as describe_recipe
 from .recipe import resolve as resolve_recipe
 from .rundir import (
@@ -221,6 +222,8 @@ def _validate(cfg: RunConfig, train: bool) -> None:
         if torch.device(cfg.model.device).type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"{device}: no CUDA GPU is available here; use {param('device', 'cpu')}")
     cfg.validate(train)
+    if train:
+        check_recipe(cfg.train)
 
 
 def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:

@@ -82,6 +82,16 @@ def test_keep_best_without_validation_is_refused():
             TrainConfig(val_samples=0, keep=keep).validate()
 
 
+def test_keep_best_under_the_paper_recipe_is_refused_before_the_model_loads(patch_runner, tmp_path, capsys):
+    loads = patch_runner()  # --recipe paper scores no validation prompts, so an explicit --keep best cannot be kept
+    out = tmp_path / "run"
+    assert main(["run", "--recipe", "paper", "--keep", "best-f1", "--output", str(out)]) == 2
+    assert "--keep best-f1 needs validation prompts" in capsys.readouterr().err
+    assert loads == [] and not out.exists()
+    small = ["--test-samples", "8", "--train-samples", "8", "--pseudo-batch-size", "4", "--epochs", "1"]
+    assert main(["run", "--recipe", "paper", "--keep", "best", "--val-samples", "6", *small, "--output", str(out)]) == 0
+
+
 # ------------------------------------------------------------------------------------ best-step selection
 def test_best_step_weights_are_kept_on_a_scripted_curve():
     prompts = fake_prompts(8, k=3)

@@ -231,7 +231,9 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     previous = distributed.broadcast_object(out.read_json("config.json")) or {}  # resuming: keep its record
     choices = previous.get("recipe_choices") or job.recipe
     config = {**dataclasses.asdict(cfg), "command": "run" if train else "evaluate", "runtime": runtime(job.model)}
-    out.write_config({**config, "recipe_choices": choices} if train else config)
+    config = {**config, "recipe_choices": choices} if train else config
+    if not (previous and train):  # a resumed run's record is rewritten once its checkpoint is accepted (_train)
+        out.write_config(config)
     log(splits_summary(job.splits))
     warning = splits_warning(job.splits)
     if warning:
@@ -269,7 +271,7 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
         _fore_test(cfg, job, out, metrics, evaluate, log)
         out.write_json(METRICS_FILE, metrics)
     if train:
-        _train(cfg, job, out, metrics, evaluate, log)
+        _train(cfg, job, out, metrics, evaluate, log, config if previous else None)
     if "accuracy" in metrics.get("before", {}) and "accuracy" in metrics.get("after", {}):
         metrics["accuracy_gain"] = metrics["after"]["accuracy"] - metrics["before"]["accuracy"]
         metrics.pop("change", None)  # a resumed run's metrics.json is read back: never keep its change unchecked
@@ -290,8 +292,10 @@ def _run(cfg: RunConfig, job: _Job, out: RunDir, log) -> dict:
     return metrics
 
 
-def _train(cfg: RunConfig, job: _Job, out: RunDir, metrics: dict, evaluate, log) -> None:
-    """Training and what comes with it: heads.json, the report's snapshot, the saved weights, the after test."""
+def _train(cfg: RunConfig, job: _Job, out: RunDir, metrics: dict, evaluate, log, resumed_config=None) -> None:
+    """Training and what comes with it: heads.json, the report's snapshot, the saved weights, the after test.
+    `resumed_config`: a resumed run's config.json, written only once train() accepts its checkpoint, so a
+    refused one leaves the record as it was."""
     model, pad = job.model, job.tokenizer.pad_token_id
     objective = ABFTObjective.from_config(cfg.train, len(job.builder.prefix_ids))
     sample = job.train[:HEAD_SAMPLE]
@@ -303,6 +307,8 @@ def _train(cfg: RunConfig, job: _Job, out: RunDir, metrics: dict, evaluate, log)
         out.append_jsonl(LOG_FILE, record.as_dict())
 
     def on_resume(records: list[StepRecord]) -> None:  # the log restarts from the checkpoint's steps
+        if resumed_config is not None:
+            out.write_config(resumed_config)
         atomic_write(out.file(LOG_FILE), "".join(json.dumps(r.as_dict()) + "\n" for r in records))
 
     checkpoint = out.file(CHECKPOINT_DIR)

@@ -159,7 +159,8 @@ def _argv(command: str, run: Path, other: Path, out: Path) -> list[str]:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no explain phase: minutes on a failure
 )
-# Found by CI: an emptied config naming the default model (refused by its fingerprint, before any load); a NaN config.
+# Found by CI: an emptied config naming the default model (refused by its fingerprint, before any load); a NaN config;
+# a resume refused for its unreadable checkpoint after rewriting config.json (its "runtime" emptied, fingerprint redone).
 @example(
     base="finished",
     edits=(("replace", {}), ("bytes", b""), ("delete",)),
@@ -167,6 +168,7 @@ def _argv(command: str, run: Path, other: Path, out: Path) -> list[str]:
     command="ceiling",
 )
 @example(base="failed", edits=(("replace", float("nan")), ("keep",), ("keep",)), checkpoint=("keep",), command="resume")
+@example(base="failed", edits=(("set", 60, {}), ("keep",), ("keep",)), checkpoint=("bytes", b""), command="resume")
 @given(
     base=st.sampled_from(["failed", "finished"]),
     edits=st.tuples(EDIT, EDIT, EDIT),

@@ -327,6 +327,26 @@ def seed_claims(rows: dict[str, dict], seeds: tuple[int, int] = (0, 1)) -> list[
     return out
 
 
+def seed_markdown(rows: dict[str, dict], seeds: tuple[int, int] = (0, 1)) -> str | None:
+    """Each seed's test accuracy (macro-F1) of the embedded model's trained Table 1 cells, "-" where one is
+    missing: the per-seed numbers behind the grid's seed means and spreads."""
+    methods = ("abft", "e2e")
+    name = lambda d, m, s: f"t1-smollm2-{d}-{m}-s{s}"  # noqa: E731
+    landed = [d for d in PAPER_DATASETS if any(name(d, m, s) in rows for m in methods for s in seeds)]
+    if not any(name(d, m, seeds[1]) in rows for d in landed for m in methods):
+        return None
+    headings = [f"{m.upper()} seed {s}" for m in methods for s in seeds]
+    lines = ["| test accuracy (macro-F1) | " + " | ".join(headings) + " |", "|---" * (len(headings) + 1) + "|"]
+    for d in landed:
+        cells = []
+        for m in methods:
+            for s in seeds:
+                after = rows.get(name(d, m, s), {}).get("after")
+                cells.append(f"{after['accuracy']:.3f} ({after['macro_f1']:.3f})" if after else "-")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def keep_claims(rows: dict[str, dict]) -> list[str]:
     """ABFT kept at the step of best validation macro-F1 (`--keep best-f1`) beside the recipe's best accuracy."""
     out = []
@@ -460,7 +480,7 @@ def main() -> None:
     for model, grid in grids.items():
         if grid:
             print(grid_markdown(grid, model) + "\n")
-    for table in (protocol_markdown(rows), ceiling_markdown(rows)):
+    for table in (seed_markdown(rows), protocol_markdown(rows), ceiling_markdown(rows)):
         if table:
             print(table + "\n")
     print("Claims:")

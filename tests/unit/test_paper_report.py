@@ -270,6 +270,18 @@ def test_keep_f1_is_set_beside_the_accuracy_kept_run_paired():
         paper_report.keep_claims(rows)
 
 
+def test_seed_table_shows_each_seed_and_marks_what_is_missing():
+    rows = dict([_cell("sst2", "abft", 0.6, 0.8, f1_after=0.7), _cell("trec", "e2e", 0.4, 0.5)])
+    assert paper_report.seed_markdown(rows) is None  # no second seed yet: nothing to compare
+    name, row = _cell("sst2", "abft", 0.6, 0.9, f1_after=0.85)
+    rows[name.replace("-s0", "-s1")] = row
+    lines = paper_report.seed_markdown(rows).splitlines()
+    assert lines[0] == "| test accuracy (macro-F1) | ABFT seed 0 | ABFT seed 1 | E2E seed 0 | E2E seed 1 |"
+    assert lines[2] == "| sst2 | 0.800 (0.700) | 0.900 (0.850) | - | - |"
+    assert lines[3] == "| trec | - | - | 0.500 (0.500) | - |"
+    assert len(lines) == 4  # datasets with no trained cell are left out
+
+
 def test_seed_claims_pair_the_seeds_and_test_each_seeds_gain():
     rng = np.random.default_rng(7)
     rows = {}

@@ -3,7 +3,8 @@
     python benchmarks/paper_report.py            # markdown for benchmarks/RESULTS.md
 
 Table 1 is a grid (dataset x vanilla / contextual calibration / E2E / ABFT, accuracy +- standard error and
-macro-F1; seeds averaged, their spread shown) with a mean row over the datasets that have every column. Each
+macro-F1; seeds averaged, their spread shown) with a mean row over the datasets that have every column, then each
+seed's numbers beside one another. Each
 claim line says holds / does not hold / cannot be decided yet, with the numbers; a claim whose cells have not
 landed names them. A difference between two cells of one dataset is paired (they ask the same test prompts): from
 the cells' per-prompt correctness (`correct`), or, for a change from vanilla in cells written before they carried

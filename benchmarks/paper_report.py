@@ -4,14 +4,12 @@
 
 Table 1 is a grid (dataset x vanilla / contextual calibration / E2E / ABFT, accuracy +- standard error and
 macro-F1; seeds averaged, their spread shown) with a mean row over the datasets that have every column, then each
-seed's numbers beside one another. Each
-claim line says holds / does not hold / cannot be decided yet, with the numbers; a claim whose cells have not
-landed names them. A difference between two cells of one dataset is paired (they ask the same test prompts): from
-the cells' per-prompt correctness (`correct`), or, for a change from vanilla in cells written before they carried
-it, the run's own paired error (metrics.json `change`); otherwise the two sides are taken as independent samples,
-which overstates the error. A mean over datasets adds their errors in quadrature. "holds" needs the difference
-beyond 2 standard errors.
-"""
+seed's numbers beside one another. Each claim line says holds / does not hold / cannot be decided yet, with the
+numbers; a claim whose cells have not landed names them. A difference between two cells of one dataset is paired
+(they ask the same test prompts): from the cells' per-prompt correctness (`correct`), or, for a change from vanilla
+in cells written before they carried it, the run's own paired error (metrics.json `change`); otherwise the two
+sides are taken as independent samples, which overstates the error. A mean over datasets adds their errors in
+quadrature. "holds" needs the difference beyond 2 standard errors."""
 
 from __future__ import annotations
 
@@ -272,13 +270,18 @@ def protocol_claims(rows: dict[str, dict]) -> list[str]:
     ]
 
 
+def t1_cell(dataset: str, method: str, seed: int) -> str:
+    """The name of the embedded model's trained Table 1 cell."""
+    return f"t1-smollm2-{dataset}-{method}-s{seed}"
+
+
 def ablation_claims(rows: dict[str, dict]) -> list[str]:
     out = []
     for name, paper in (("no-pid", 76.86), ("no-filter", 75.57), ("a0", 72.13), ("b0", 56.47)):
         pairs = [
-            (rows[f"t1-smollm2-{d}-abft-s0"], rows[f"abl-smollm2-{d}-{name}"])
+            (rows[t1_cell(d, "abft", 0)], rows[f"abl-smollm2-{d}-{name}"])
             for d in PAPER_DATASETS
-            if f"abl-smollm2-{d}-{name}" in rows and f"t1-smollm2-{d}-abft-s0" in rows
+            if f"abl-smollm2-{d}-{name}" in rows and t1_cell(d, "abft", 0) in rows
         ]
         if not pairs:
             out.append(f"- ablation {name} below full ABFT (paper, Falcon3: 79.59 vs {paper}): not measured yet.")
@@ -304,9 +307,9 @@ def seed_claims(rows: dict[str, dict], seeds: tuple[int, int] = (0, 1)) -> list[
     out = []
     for method in ("abft", "e2e"):
         both = [
-            tuple(rows[f"t1-smollm2-{d}-{method}-s{s}"] for s in seeds)
+            tuple(rows[t1_cell(d, method, s)] for s in seeds)
             for d in PAPER_DATASETS
-            if all(f"t1-smollm2-{d}-{method}-s{s}" in rows for s in seeds)
+            if all(t1_cell(d, method, s) in rows for s in seeds)
         ]
         if not both:
             out.append(f"- seeds ({method}, smollm2): seed {seeds[1]} not measured yet.")
@@ -332,9 +335,8 @@ def seed_markdown(rows: dict[str, dict], seeds: tuple[int, int] = (0, 1)) -> str
     """Each seed's test accuracy (macro-F1) of the embedded model's trained Table 1 cells, "-" where one is
     missing: the per-seed numbers behind the grid's seed means and spreads."""
     methods = ("abft", "e2e")
-    name = lambda d, m, s: f"t1-smollm2-{d}-{m}-s{s}"  # noqa: E731
-    landed = [d for d in PAPER_DATASETS if any(name(d, m, s) in rows for m in methods for s in seeds)]
-    if not any(name(d, m, seeds[1]) in rows for d in landed for m in methods):
+    landed = [d for d in PAPER_DATASETS if any(t1_cell(d, m, s) in rows for m in methods for s in seeds)]
+    if not any(t1_cell(d, m, seeds[1]) in rows for d in landed for m in methods):
         return None
     headings = [f"{m.upper()} seed {s}" for m in methods for s in seeds]
     lines = ["| test accuracy (macro-F1) | " + " | ".join(headings) + " |", "|---" * (len(headings) + 1) + "|"]
@@ -342,7 +344,7 @@ def seed_markdown(rows: dict[str, dict], seeds: tuple[int, int] = (0, 1)) -> str
         cells = []
         for m in methods:
             for s in seeds:
-                after = rows.get(name(d, m, s), {}).get("after")
+                after = rows.get(t1_cell(d, m, s), {}).get("after")
                 cells.append(f"{after['accuracy']:.3f} ({after['macro_f1']:.3f})" if after else "-")
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -352,7 +354,7 @@ def keep_claims(rows: dict[str, dict]) -> list[str]:
     """ABFT kept at the step of best validation macro-F1 (`--keep best-f1`) beside the recipe's best accuracy."""
     out = []
     for r in (r for r in rows.values() if r["table"] == "keep"):
-        full = rows.get(f"t1-smollm2-{r['dataset']}-abft-s0")
+        full = rows.get(t1_cell(r["dataset"], "abft", 0))
         if full is None:
             continue
         same_vanilla(r, full)
@@ -389,7 +391,7 @@ def ceiling_rows(rows: dict[str, dict]) -> dict[str, dict[str, float | None]]:
         for key, (_, part, edit, heads) in CEILING_COLUMNS.items():
             found = [x["accuracy"] for x in r.get(part) or [] if (x["edit"], x["heads"]) == (edit, heads)]
             row[key] = found[0] if found else None
-        e2e = (rows.get(f"t1-smollm2-{r['dataset']}-e2e-s0") or {}).get("validation") or {}
+        e2e = (rows.get(t1_cell(r["dataset"], "e2e", 0)) or {}).get("validation") or {}
         row["e2e"] = e2e.get("best_accuracy") if e2e.get("prompts") == r["prompts"] else None
         out[r["dataset"]] = row
     return {d: out[d] for d in PAPER_DATASETS if d in out}

@@ -25,6 +25,7 @@ from paper_tables import EMBEDDED, GEMMA, OUT, PAPER_DATASETS, cells
 
 SHORT = {EMBEDDED: "smollm2", GEMMA: "gemma"}
 COLUMNS = ("vanilla", "calibration", "e2e", "abft")
+TRAINED = ("abft", "e2e")  # the methods whose Table 1 cells train, under two seeds
 
 
 def load(directory: Path = OUT) -> dict[str, dict]:
@@ -305,7 +306,7 @@ def seed_claims(rows: dict[str, dict], seeds: tuple[int, int] = (0, 1)) -> list[
     the gain over vanilla per seed (does the headline survive a reseed?) and the seeds' difference (paired: the
     same test prompts), with the largest per-dataset gap."""
     out = []
-    for method in ("abft", "e2e"):
+    for method in TRAINED:
         both = [
             tuple(rows[t1_cell(d, method, s)] for s in seeds)
             for d in PAPER_DATASETS
@@ -334,15 +335,14 @@ def seed_claims(rows: dict[str, dict], seeds: tuple[int, int] = (0, 1)) -> list[
 def seed_markdown(rows: dict[str, dict], seeds: tuple[int, int] = (0, 1)) -> str | None:
     """Each seed's test accuracy (macro-F1) of the embedded model's trained Table 1 cells, "-" where one is
     missing: the per-seed numbers behind the grid's seed means and spreads."""
-    methods = ("abft", "e2e")
-    landed = [d for d in PAPER_DATASETS if any(t1_cell(d, m, s) in rows for m in methods for s in seeds)]
-    if not any(t1_cell(d, m, seeds[1]) in rows for d in landed for m in methods):
+    landed = [d for d in PAPER_DATASETS if any(t1_cell(d, m, s) in rows for m in TRAINED for s in seeds)]
+    if not any(t1_cell(d, m, seeds[1]) in rows for d in landed for m in TRAINED):
         return None
-    headings = [f"{m.upper()} seed {s}" for m in methods for s in seeds]
+    headings = [f"{m.upper()} seed {s}" for m in TRAINED for s in seeds]
     lines = ["| test accuracy (macro-F1) | " + " | ".join(headings) + " |", "|---" * (len(headings) + 1) + "|"]
     for d in landed:
         cells = []
-        for m in methods:
+        for m in TRAINED:
             for s in seeds:
                 after = rows.get(t1_cell(d, m, s), {}).get("after")
                 cells.append(f"{after['accuracy']:.3f} ({after['macro_f1']:.3f})" if after else "-")
